@@ -1,0 +1,31 @@
+# Two commands do everything on a fresh machine:
+#   make run    create the venv on first use, then `dvc repro` the default tasks
+#   make test   create the venv on first use, then run the test suite
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: run test ui install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]" -c constraints.txt
+	touch $@
+
+run: $(STAMP)
+	dvc repro
+
+test: $(STAMP)
+	pytest
+
+# The MLflow UI, on loopback only.
+ui: $(STAMP)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db \
+	  --default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000 --workers 1

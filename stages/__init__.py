@@ -1,0 +1,1 @@
+"""Pipeline stages: one module per `dvc.yaml` stage, each with a pure core and a thin `main`."""

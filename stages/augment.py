@@ -1,0 +1,72 @@
+"""augment: add seeded augmented copies of train rows; val and test pass through unchanged.
+
+Reads the split table. Writes all input rows byte-for-byte, plus `copies` augmented copies of each
+train row with a new `id`, `parent_id` pointing at the original and `augmented=True`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from stages.common import StageError, build, content_id, load_params, read_parquet, run_main, write_json, write_parquet
+from stages.modalities import Modality, task_modality
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    copies: int
+    by_modality: dict[str, dict[str, Any]]
+
+
+def augment(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, copies: int, seed: int) -> pd.DataFrame:
+    """Return `frame` with `parent_id`/`augmented` columns plus augmented copies of its train rows."""
+    base = frame.assign(parent_id=pd.Series(None, index=frame.index, dtype="str"), augmented=False)
+    train = base[base["split"] == "train"].sort_values("id", kind="stable")
+    column = modality.payload_column
+    extra = []
+    for copy in range(copies):
+        payloads = modality.augment(list(train[column]), modality_params, seed=seed + copy)
+        rows = train.copy()
+        rows[column] = payloads
+        rows["parent_id"] = train["id"].to_numpy()
+        rows["id"] = [content_id(pid, f"aug{copy}") for pid in train["id"]]
+        rows["augmented"] = True
+        rows["content_hash"] = [modality.content_hash(p) for p in payloads]
+        extra.append(rows)
+    return pd.concat([base, *extra], ignore_index=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("task")
+    parser.add_argument("--in", dest="inp", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--metrics", required=True)
+    args = parser.parse_args(argv)
+
+    params = load_params()
+    ap = build(AugmentParams, params.get("augment"), "augment")
+    modality = task_modality(params, args.task)
+    if modality.name not in ap.by_modality:
+        raise StageError(f"params.yaml: augment.by_modality.{modality.name}: missing key")
+    frame = read_parquet(args.inp)
+    out = augment(frame, modality, modality.augment_params(ap.by_modality[modality.name]),
+                  copies=ap.copies, seed=params["base"]["seed"])
+    write_parquet(args.out, out)
+    metrics = {
+        "rows_in": len(frame),
+        "rows_out": len(out),
+        "rows_augmented": int(out["augmented"].sum()),
+        "rows_per_split": {s: int((out["split"] == s).sum()) for s in ("train", "val", "test")},
+    }
+    write_json(args.metrics, metrics)
+    print(f"augment {args.task}: {metrics}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,152 @@
+"""evaluate: score the trained model on the test split; write DVC metrics and plots, log to MLflow.
+
+Reads the augmented table (test rows only; never augmented) and the model folder. Writes
+`eval.json` (accuracy, macro/weighted precision, recall and F1, ROC-AUC, log loss, per-class
+report), a confusion-matrix PNG and a ROC-curve PNG, and logs the same to the training run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.common import StageError, atomic_path, build, load_params, read_parquet, run_main, write_json
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int
+
+
+def evaluate(y_true: np.ndarray, proba: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    """Classification metrics for integer labels `y_true` and class probabilities `proba`."""
+    from sklearn.metrics import (
+        accuracy_score,
+        classification_report,
+        log_loss,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
+    classes = list(range(len(labels)))
+    y_pred = proba.argmax(1)
+    metrics: dict[str, Any] = {"n_test": int(len(y_true)), "accuracy": float(accuracy_score(y_true, y_pred))}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=classes, average=average, zero_division=0)
+        metrics.update({f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)})
+    present = np.unique(y_true)
+    if len(present) < 2:
+        metrics["roc_auc"] = None
+    elif len(labels) == 2:
+        metrics["roc_auc"] = float(roc_auc_score(y_true, proba[:, 1]))
+    else:
+        mask = np.isin(classes, present)
+        sub = proba[:, mask] / proba[:, mask].sum(1, keepdims=True)
+        metrics["roc_auc"] = float(roc_auc_score(y_true, sub, multi_class="ovr", average="macro", labels=present))
+    metrics["log_loss"] = float(log_loss(y_true, np.clip(proba, 1e-7, 1), labels=classes))
+    report = classification_report(y_true, y_pred, labels=classes, target_names=list(labels), output_dict=True,
+                                   zero_division=0)
+    metrics["per_class"] = {lab: {k: float(v) for k, v in report[lab].items()} for lab in labels}
+    return metrics
+
+
+def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(labels), 0.8 + 0.6 * len(labels)))
+    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=list(range(len(labels))), display_labels=list(labels),
+                                            ax=ax, colorbar=False, xticks_rotation=45)
+    ax.set_title("Confusion matrix (test)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def plot_roc(y_true: np.ndarray, proba: np.ndarray, labels: Sequence[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import auc, roc_curve
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    classes = [1] if len(labels) == 2 else range(len(labels))
+    for k in classes:
+        positives = y_true == k
+        if positives.all() or not positives.any():
+            continue
+        fpr, tpr, _ = roc_curve(positives, proba[:, k])
+        ax.plot(fpr, tpr, label=f"{labels[k]} (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+    ax.set(xlabel="False positive rate", ylabel="True positive rate", title="ROC (test, one-vs-rest)")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("task")
+    parser.add_argument("--in", dest="inp", required=True)
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--summary", required=True, help="training summary JSON (MLflow run id)")
+    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--plots", required=True, help="folder for PNG plots")
+    args = parser.parse_args(argv)
+
+    from stages import tracking
+    from stages.model import choose_device, load_classifier
+
+    params = load_params()
+    ep = build(EvaluateParams, params.get("evaluate"), "evaluate")
+    frame = read_parquet(args.inp)
+    test = frame[(frame["split"] == "test")].sort_values("id", kind="stable")
+    if test.empty:
+        raise StageError(f"{args.inp}: field 'split': no test rows")
+    model_dir = Path(args.model_dir)
+    if not (model_dir / "classifier.json").is_file():
+        raise StageError(f"{model_dir}: no trained model (run: dvc repro train)")
+    classifier, config, modality = load_classifier(model_dir)
+    labels = config["labels"]
+    index = {lab: i for i, lab in enumerate(labels)}
+    y_true = test["label"].map(index).to_numpy()
+
+    from stages.model import predict_proba
+
+    proba = predict_proba(classifier, modality, config["spec"], list(test[modality.payload_column]),
+                          batch_size=ep.batch_size, device=choose_device())
+    metrics = evaluate(y_true, proba, labels)
+    plots = Path(args.plots)
+    plot_confusion(y_true, proba.argmax(1), labels, plots / "confusion_matrix.png")
+    plot_roc(y_true, proba, labels, plots / "roc.png")
+    write_json(args.metrics, metrics)
+
+    summary = json.loads(Path(args.summary).read_text())
+    with tracking.resume(params, summary["run_id"]):
+        import mlflow
+
+        flat = {f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)}
+        for lab, row in metrics["per_class"].items():
+            flat[f"test_f1.{lab}"] = row["f1-score"]
+        mlflow.log_metrics(flat)
+        mlflow.log_dict(metrics, "eval/eval.json")
+        mlflow.log_artifact(str(plots / "confusion_matrix.png"), "eval")
+        mlflow.log_artifact(str(plots / "roc.png"), "eval")
+    print(f"evaluate {args.task}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,52 @@
+"""Modality registry: stages look a modality up by name and call its methods, never test its name.
+
+Adding a modality means one new module here that subclasses `Modality` and calls `register`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from stages.modalities.base import Modality
+
+MODALITIES: dict[str, Modality] = {}
+
+# Modules that register built-in modalities; imported lazily so importing the registry is cheap.
+_BUILTIN = ("stages.modalities.text", "stages.modalities.image")
+
+
+def register(name: str):
+    """Class decorator: instantiate the modality and file it under `name`."""
+
+    def wrap(cls: type[Modality]) -> type[Modality]:
+        instance = cls()
+        instance.name = name
+        MODALITIES[name] = instance
+        return cls
+
+    return wrap
+
+
+def get_modality(name: str) -> Modality:
+    """Return the registered modality, or a one-line ValueError naming the known ones."""
+    for module in _BUILTIN:
+        importlib.import_module(module)
+    try:
+        return MODALITIES[name]
+    except KeyError:
+        raise ValueError(f"unknown modality {name!r}; known: {sorted(MODALITIES)}") from None
+
+
+__all__ = ["MODALITIES", "Modality", "get_modality", "register", "task_modality"]
+
+
+def task_modality(params: dict[str, Any], task: str) -> Modality:
+    """The modality declared for `params.tasks.<task>`, with a one-line error if unknown."""
+    from stages.common import StageError, task_params
+
+    name = task_params(params, task).get("modality")
+    try:
+        return get_modality(name)
+    except ValueError as exc:
+        raise StageError(f"params.yaml: tasks.{task}.modality: {exc}") from None

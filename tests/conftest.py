@@ -1,0 +1,32 @@
+"""Shared test set-up: offline hubs, a git identity for DVC, small helpers for tiny records."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for key, value in {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhost",
+                   "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@localhost"}.items():
+    os.environ.setdefault(key, value)
+
+
+def png_bytes(size: tuple[int, int] = (28, 28), *, mode: str = "L", value: int = 128, fmt: str = "PNG") -> bytes:
+    """A small solid image with a diagonal stripe, encoded in `fmt`."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new(mode, size, color=value if mode == "L" else (value, value // 2, 255 - value))
+    ImageDraw.Draw(image).line([(0, 0), (size[0] - 1, size[1] - 1)], fill=255 - value if mode == "L" else (0, 0, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def make_png():
+    return png_bytes
