@@ -99,6 +99,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
     }
@@ -106,19 +108,28 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
-        import numpy
+        import importlib
+        import warnings
 
-        if name == "_reconstruct":
-            return numpy.ndarray.__reduce__(numpy.empty(0))[0]
-        return getattr(numpy, name)
+        with warnings.catch_warnings():  # numpy 2 warns on the numpy.core alias old pickles name
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return getattr(importlib.import_module(module), name)
 
 
 def load_numpy_pickle(path: Path) -> Any:
-    with gzip.open(path, "rb") as fh:
-        try:
-            return _NumpyOnlyUnpickler(io.BytesIO(fh.read())).load()
-        except (pickle.UnpicklingError, EOFError, OSError) as exc:
-            raise StageError(f"{path}: not a numpy array pickle: {exc}") from None
+    """Load a gzip'd pickle that must hold one numpy array; anything else is refused unexecuted."""
+    import numpy
+
+    try:
+        with gzip.open(path, "rb") as fh:
+            value = _NumpyOnlyUnpickler(io.BytesIO(fh.read())).load()
+    except FileNotFoundError:
+        raise StageError(f"{path}: not found") from None
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError) as exc:
+        raise StageError(f"{path}: not a numpy array pickle: {exc}") from None
+    if not isinstance(value, numpy.ndarray):
+        raise StageError(f"{path}: holds {type(value).__name__}, not a numpy array")
+    return value
 
 
 ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
@@ -216,12 +227,31 @@ def read_table(path: Path) -> pd.DataFrame:
         if suffix == ".csv":
             return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
         if suffix in (".jsonl", ".ndjson"):
-            return pd.read_json(path, lines=True, dtype=False)
+            return _read_jsonl(path)
         if suffix == ".parquet":
             return pd.read_parquet(path)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise StageError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
     raise StageError(f"{path}: unsupported table format {suffix!r}; use .csv, .jsonl or .parquet")
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """JSON Lines as object columns, so integer labels stay integers even next to a null."""
+    import json
+
+    records = []
+    with path.open(encoding="utf-8-sig") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise StageError(f"{path}: cannot parse: row {line_no}: invalid JSON: {exc.msg}") from None
+            if not isinstance(record, dict):
+                raise StageError(f"{path}: cannot parse: row {line_no}: expected a JSON object")
+            records.append(record)
+    return pd.DataFrame(records, dtype=object)
 
 
 # ---------------------------------------------------------------- core

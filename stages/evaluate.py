@@ -49,7 +49,8 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, labels: Sequence[str]) -> di
         mask = np.isin(classes, present)
         sub = proba[:, mask] / proba[:, mask].sum(1, keepdims=True)
         metrics["roc_auc"] = float(roc_auc_score(y_true, sub, multi_class="ovr", average="macro", labels=present))
-    metrics["log_loss"] = float(log_loss(y_true, np.clip(proba, 1e-7, 1), labels=classes))
+    clipped = np.clip(proba, 1e-7, 1.0)
+    metrics["log_loss"] = float(log_loss(y_true, clipped / clipped.sum(1, keepdims=True), labels=classes))
     report = classification_report(y_true, y_pred, labels=classes, target_names=list(labels), output_dict=True,
                                    zero_division=0)
     metrics["per_class"] = {lab: {k: float(v) for k, v in report[lab].items()} for lab in labels}

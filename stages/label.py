@@ -42,7 +42,12 @@ def label(frame: pd.DataFrame, params: LabelParams) -> LabelResult:
     """Apply `label_map`, then keep rows whose label is in `labels`; quarantine the rest with a reason."""
     if len(set(params.labels)) != len(params.labels):
         raise StageError(f"params.yaml: labels: duplicate entries in {params.labels}")
-    mapped = frame["label"].map(lambda v: None if v is None or pd.isna(v) else params.label_map.get(str(v), str(v)))
+    def map_one(value: object) -> str | None:
+        if value is None or pd.isna(value) or not str(value).strip():
+            return None
+        return params.label_map.get(str(value).strip(), str(value).strip())
+
+    mapped = frame["label"].map(map_one)
     reason = pd.Series(None, index=frame.index, dtype="object")
     reason[mapped.isna()] = "missing_label"
     reason[mapped.notna() & ~mapped.isin(params.labels)] = "label_not_in_set"

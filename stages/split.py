@@ -51,7 +51,9 @@ def split(frame: pd.DataFrame, params: SplitParams, *, seed: int) -> SplitResult
         index = rng.permutation(index)
         n_test = max(1, int(round(len(index) * params.test_ratio)))
         n_val = max(1, int(round(len(index) * params.val_ratio)))
-        n_test, n_val = min(n_test, len(index) - 2), min(n_val, len(index) - 2)
+        # every class keeps at least one row in each split, train included
+        n_test = min(n_test, len(index) - 2)
+        n_val = min(n_val, len(index) - 1 - n_test)
         assignment[index[:n_test]] = "test"
         assignment[index[n_test:n_test + n_val]] = "val"
         assignment[index[n_test + n_val:]] = "train"

@@ -96,11 +96,30 @@ def resume(params: dict[str, Any], run_id: str) -> Iterator[Any]:
         yield run
 
 
-def log_lineage(data_path: str, data_md5: str) -> None:
-    """Tag the run with the DVC md5 of the exact data it trained on."""
+def lock_hashes(task: str, lock_path: str | Path = "dvc.lock") -> dict[str, str]:
+    """`{"dvc.<stage>.<out>": md5}` for the task's data outputs recorded in dvc.lock so far."""
+    import yaml
+
+    path = Path(lock_path)
+    if not path.is_file():
+        return {}
+    lock = yaml.safe_load(path.read_text()) or {}
+    tags = {}
+    for stage, entry in (lock.get("stages") or {}).items():
+        name, _, item = stage.partition("@")
+        if item != task:
+            continue
+        for out in entry.get("outs") or []:
+            if out.get("path", "").startswith("data/") and "md5" in out:
+                tags[f"dvc.{name}.{Path(out['path']).name}"] = out["md5"]
+    return tags
+
+
+def log_lineage(task: str, data_path: str, data_md5: str) -> None:
+    """Tag the run with the DVC md5 of the exact data it trained on, and of every upstream output."""
     import mlflow
 
-    mlflow.set_tags({"data.path": data_path, "data.md5": data_md5})
+    mlflow.set_tags({"data.path": data_path, "data.md5": data_md5, **lock_hashes(task)})
 
 
 def tracked_trial(trial: Any, fit: Callable[[Callable[[int, dict[str, float]], None]], Any], *, metric: str) -> Any:
@@ -112,7 +131,9 @@ def tracked_trial(trial: Any, fit: Callable[[Callable[[int, dict[str, float]], N
     import mlflow
     import optuna
 
-    with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True) as run:
+    parent = mlflow.active_run()
+    experiment_id = parent.info.experiment_id if parent else None
+    with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, experiment_id=experiment_id) as run:
         mlflow.set_tags({"optuna.trial": str(trial.number), "optuna.study": trial.study.study_name})
 
         def on_epoch(epoch: int, values: dict[str, float]) -> None:

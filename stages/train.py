@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     run_ctx = tracking.start(params, args.task, run_name=f"study-{name}")
     with run_ctx as parent:
-        tracking.log_lineage(args.inp, data_md5)
+        tracking.log_lineage(args.task, args.inp, data_md5)
         import mlflow
 
         mlflow.log_params({"strategy": tp.strategy, "n_trials": tp.n_trials, "metric": tp.metric,

@@ -55,9 +55,11 @@ def decode_image(payload: bytes, *, max_pixels: int) -> tuple[Any, str | None]:
             probe.verify()
         image = Image.open(io.BytesIO(payload))
         image.load()
+    except Image.DecompressionBombError:  # PIL's own cap, above ours when max_pixels is set high
+        return None, "too_many_pixels"
     except UnidentifiedImageError:
         return None, "not_an_image"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except (OSError, SyntaxError, ValueError):
         return None, "corrupt_image"
     return image, None
 

@@ -1,0 +1,76 @@
+"""Helpers to run the real pipeline in a throwaway copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+_SKIP = {".git", ".venv", "data", "models", "metrics", "plots", "mlartifacts", "mlruns", ".pytest_cache",
+         "__pycache__", "benchmarks", "tests"}
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the code and pipeline definition (not data, models or stores) into `dest` and git-init it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in REPO.iterdir():
+        if item.name in _SKIP or item.name.startswith("mlflow.db") or item.name == "dvc.lock":
+            continue
+        if item.is_dir():
+            shutil.copytree(item, dest / item.name, ignore=shutil.ignore_patterns("__pycache__", "cache", "tmp"))
+        else:
+            shutil.copy2(item, dest / item.name)
+    for sub in ("data", "models"):
+        (dest / sub).mkdir(exist_ok=True)
+    run(["git", "init", "-q"], dest)
+    return dest
+
+
+def env() -> dict[str, str]:
+    out = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    out["PATH"] = bin_dir + os.pathsep + out.get("PATH", "")
+    out.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1")
+    out.pop("MLFLOW_TRACKING_URI", None)
+    return out
+
+
+def run(cmd: list[str], cwd: Path, *, check: bool = True, timeout: float = 1200) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def dvc(args: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    return run([str(Path(sys.executable).parent / "dvc"), *args], cwd, **kwargs)
+
+
+def edit_params(repo: Path, edit) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    edit(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def tiny_profile(params: dict) -> None:
+    """Small subsets and budgets: the whole pipeline in a couple of minutes on 2 cores."""
+    params["run"] = ["spam", "animals"]
+    params["tasks"]["spam"]["max_per_class"] = 40
+    params["tasks"]["animals"]["max_per_class"] = 12
+    params["train"]["n_trials"] = 3
+    params["train"]["patience"] = 2
+    params["train"]["pruner"].update(n_startup_trials=1, n_warmup_steps=1)
+    params["train"]["model"]["image"]["image_size"] = 32
+    params["train"]["model"]["text"]["max_length"] = 32
+    params["train"]["search"]["head"]["max_epochs"] = {"type": "int", "low": 3, "high": 6}
+
+
+def stages_run(output: str) -> set[str]:
+    """Names of the stages `dvc repro` ran, from its output."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}

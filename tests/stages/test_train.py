@@ -1,0 +1,147 @@
+"""Training core: search space, early stopping with best-epoch restore, pruning, strategies."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from stages.common import StageError
+from stages.modalities import get_modality
+from stages.train import (
+    FullStrategy,
+    HeadStrategy,
+    PrunerParams,
+    SplitData,
+    fit_epochs,
+    get_strategy,
+    make_pruner,
+    run_trial,
+    score,
+    study_name,
+    suggest,
+)
+from tests.conftest import png_bytes
+
+HEAD_HP = {"lr": 1e-2, "batch_size": 8, "weight_decay": 0.0, "max_epochs": 4, "head_hidden": 0, "dropout": 0.0}
+
+
+def journal_study(tmp_path, pruner=None) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "s.journal")))
+    return optuna.create_study(storage=storage, direction="maximize", pruner=pruner or optuna.pruners.NopPruner(),
+                               sampler=optuna.samplers.TPESampler(seed=0))
+
+
+def test_suggest_covers_every_declared_type(tmp_path):
+    space = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+             "epochs": {"type": "int", "low": 2, "high": 5},
+             "hidden": {"type": "categorical", "choices": [0, 64]}}
+    trial = journal_study(tmp_path).ask()
+    values = suggest(trial, space)
+    assert 1e-4 <= values["lr"] <= 1e-2 and 2 <= values["epochs"] <= 5 and values["hidden"] in (0, 64)
+
+
+def test_suggest_rejects_unknown_type(tmp_path):
+    with pytest.raises(StageError, match="lr.type"):
+        suggest(journal_study(tmp_path).ask(), {"lr": {"type": "loguniform"}})
+
+
+@pytest.mark.parametrize("metric,expected", [("accuracy", 0.75), ("macro_f1", pytest.approx(0.7333, abs=1e-4))])
+def test_score(metric, expected):
+    assert score(metric, np.array([0, 0, 1, 1]), np.array([0, 0, 1, 0])) == expected
+
+
+def test_fit_epochs_restores_best_epoch_and_stops_early():
+    torch.manual_seed(0)
+    module = torch.nn.Linear(2, 2)
+    scripted = iter([0.2, 0.9, 0.5, 0.4, 0.3, 0.1])  # best at epoch 1, then 3 worse epochs
+    snapshots, seen = {}, []
+
+    def evaluate():
+        value = next(scripted)
+        snapshots[value] = module.weight.detach().clone()
+        return value
+
+    def batches(epoch):
+        yield torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+
+    best, best_epoch, epochs = fit_epochs(module, batches=batches, evaluate=evaluate, lr=0.5, weight_decay=0.0,
+                                          max_epochs=6, patience=3, device=torch.device("cpu"),
+                                          on_epoch=lambda e, m: seen.append(e))
+    assert (best, best_epoch, epochs) == (0.9, 1, 5)
+    assert seen == [0, 1, 2, 3, 4]
+    assert torch.equal(module.weight.detach(), snapshots[0.9])
+
+
+def test_median_pruner_prunes_a_bad_trial(tmp_path):
+    study = journal_study(tmp_path, make_pruner(PrunerParams("median", n_startup_trials=1, n_warmup_steps=0)))
+
+    class Scripted:
+        def __init__(self, curve):
+            self.curve = curve
+
+        def fit(self, hp, on_epoch, *, seed):
+            for epoch, value in enumerate(self.curve):
+                on_epoch(epoch, {"val_metric": value, "train_loss": 1.0})
+            raise AssertionError("a pruned trial must not finish")
+
+    good = study.ask()
+    for epoch, value in enumerate([0.8, 0.9, 0.95]):
+        good.report(value, epoch)
+    study.tell(good, 0.95)
+    bad = study.ask()
+    with pytest.raises(optuna.TrialPruned):
+        run_trial(bad, Scripted([0.1, 0.1, 0.1]), {}, seed=0, on_epoch=lambda e, m: None)
+
+
+def test_unknown_strategy_and_pruner_fail_with_the_key():
+    with pytest.raises(StageError, match="train.strategy"):
+        get_strategy("lora9000")
+    with pytest.raises(StageError, match="train.pruner.kind"):
+        make_pruner(PrunerParams("random", 0, 0))
+
+
+def test_study_name_is_deterministic_and_tracks_space():
+    class P:
+        strategy, metric = "head", "macro_f1"
+        search = {"head": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}}
+
+    class Q(P):
+        search = {"head": {"lr": {"type": "float", "low": 1e-5, "high": 1e-2}}}
+
+    assert study_name("news", "abcdef0123", P) == study_name("news", "abcdef0123", P)
+    assert study_name("news", "abcdef0123", P) != study_name("news", "abcdef0123", Q)
+    assert study_name("news", "abcdef0123", P) != study_name("news", "99cdef0123", P)
+
+
+def _text_data() -> SplitData:
+    spam = ["win a free prize now call", "claim your cash reward today", "free entry txt win now"]
+    ham = ["see you at lunch", "are we still meeting later", "thanks for dinner last night"]
+    texts = spam * 3 + ham * 3
+    labels = np.array([1] * 9 + [0] * 9)
+    return SplitData(texts, labels, spam + ham, np.array([1, 1, 1, 0, 0, 0]))
+
+
+def test_head_strategy_learns_on_minilm_features():
+    spec = {"backbone": "minilm_l6", "max_length": 16, "pooling": "mean"}
+    strategy = HeadStrategy(get_modality("text"), spec, _text_data(), metric="accuracy", patience=3,
+                            device=torch.device("cpu"), feature_batch_size=8)
+    result = strategy.fit({**HEAD_HP, "max_epochs": 15}, lambda e, m: None, seed=0)
+    assert result.best_metric == 1.0
+    assert not any(p.requires_grad for p in result.model.backbone.parameters())
+
+
+def test_full_strategy_smoke_on_images():
+    images = [png_bytes(value=v) for v in (20, 60, 100, 140, 180, 220)]
+    data = SplitData(images, np.array([0, 0, 0, 1, 1, 1]), images[:2] + images[-2:], np.array([0, 0, 1, 1]))
+    strategy = FullStrategy(get_modality("image"), {"backbone": "efficientnet_lite0", "image_size": 32}, data,
+                            metric="accuracy", patience=1, device=torch.device("cpu"), feature_batch_size=4)
+    epochs = []
+    result = strategy.fit({**HEAD_HP, "lr": 1e-4, "batch_size": 3, "max_epochs": 1}, lambda e, m: epochs.append(m),
+                          seed=0)
+    assert result.epochs_run == 1 and len(epochs) == 1
+    assert not math.isnan(epochs[0]["train_loss"])
+    assert any(p.requires_grad for p in result.model.backbone.parameters())

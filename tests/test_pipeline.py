@@ -1,0 +1,130 @@
+"""End to end: real `dvc repro` on a tiny profile, a real MLflow SQLite store, real Optuna storage."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import png_bytes
+from tests.pipeline_utils import copy_repo, dvc, edit_params, run, stages_run, tiny_profile
+
+pytestmark = pytest.mark.slow
+
+TASKS = ("spam", "animals")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    repo = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    edit_params(repo, tiny_profile)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny profile"], repo)
+    first = dvc(["repro"], repo)
+    return repo, first
+
+
+def test_repro_builds_and_registers_both_tasks(built):
+    repo, first = built
+    assert stages_run(first.stdout) == {f"{s}@{t}" for t in TASKS for s in
+                                        ("acquire", "clean", "label", "split", "augment", "train", "evaluate", "register")}
+    for task in TASKS:
+        registered = json.loads((repo / "models" / task / "registered.json").read_text())
+        assert registered["name"] == f"{task}-classifier"
+        assert registered["alias"] == "champion" and registered["version"] == 1
+        evaluation = json.loads((repo / "metrics" / task / "eval.json").read_text())
+        assert {"accuracy", "macro_f1", "weighted_f1", "roc_auc", "log_loss", "per_class"} <= set(evaluation)
+        assert (repo / "plots" / task / "confusion_matrix.png").stat().st_size > 1000
+        train = json.loads((repo / "metrics" / task / "train.json").read_text())
+        assert train["n_trials"] == 3 and train["n_complete"] >= 1
+
+
+def test_conservation_in_every_data_stage(built):
+    repo, _ = built
+    for task in TASKS:
+        for stage in ("clean", "label", "split"):
+            m = json.loads((repo / "metrics" / task / f"{stage}.json").read_text())
+            assert m["rows_in"] == m["rows_kept"] + m["rows_quarantined"], (task, stage, m)
+            assert sum(m["quarantined_by_reason"].values()) == m["rows_quarantined"]
+
+
+def test_binary_task_has_roc_auc(built):
+    repo, _ = built
+    evaluation = json.loads((repo / "metrics" / "spam" / "eval.json").read_text())
+    assert 0.0 <= evaluation["roc_auc"] <= 1.0
+
+
+def test_champion_loads_from_registry_and_predicts(built):
+    repo, _ = built
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/spam-classifier@champion")
+    import pandas as pd
+
+    out = model.predict(pd.DataFrame({"text": ["WINNER!! claim your free prize now, txt WIN to 80086",
+                                               "see you at lunch tomorrow?"]}))
+    assert list(out["label"]) and set(out["label"]) <= {"ham", "spam"}
+    assert out[["prob_ham", "prob_spam"]].sum(axis=1).round(4).eq(1.0).all()
+
+    image_model = mlflow.pyfunc.load_model("models:/animals-classifier@champion")
+    out = image_model.predict(pd.DataFrame({"image": [png_bytes(), png_bytes(value=30)]}))
+    assert len(out) == 2 and out["confidence"].between(0, 1).all()
+
+
+def test_predict_cli_prints_predictions(built, tmp_path):
+    repo, _ = built
+    csv = tmp_path / "texts.csv"
+    csv.write_text('text\n"Free entry, text WIN now to claim"\n"ok see you later"\n')
+    result = run([sys.executable, "-m", "stages.predict", "--model", "models:/spam-classifier@champion", str(csv)], repo)
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("text,label,confidence") and len(lines) == 3
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(png_bytes(value=40 * i))
+    result = run([sys.executable, "-m", "stages.predict", "--model", "models:/animals-classifier@champion",
+                  str(folder)], repo)
+    assert len(result.stdout.strip().splitlines()) == 4
+
+
+def test_second_repro_is_a_no_op(built):
+    repo, _ = built
+    again = dvc(["repro"], repo)
+    assert stages_run(again.stdout) == set()
+    assert "up to date" in again.stdout
+
+
+def test_train_param_change_reruns_only_train_evaluate_register(built):
+    repo, _ = built
+    edit_params(repo, lambda p: p["train"].update(n_trials=4))
+    rerun = dvc(["repro"], repo)
+    assert stages_run(rerun.stdout) == {f"{s}@{t}" for t in TASKS for s in ("train", "evaluate", "register")}
+    for task in TASKS:
+        registered = json.loads((repo / "models" / task / "registered.json").read_text())
+        assert registered["version"] == 2
+        # the gate: champion moves only on a strict improvement of test macro-F1
+        assert registered["alias"] == ("champion" if "beats" in registered["reason"] else "challenger")
+        assert registered["previous_champion_version"] == 1
+
+
+def test_run_is_tagged_with_data_md5_and_git_commit(built):
+    repo, _ = built
+    import mlflow
+    import yaml
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    for task in TASKS:
+        registered = json.loads((repo / "models" / task / "registered.json").read_text())
+        run_ = mlflow.get_run(registered["run_id"])
+        outs = lock["stages"][f"augment@{task}"]["outs"]
+        assert run_.data.tags["data.md5"] == outs[0]["md5"]
+        assert len(run_.data.tags["git.commit"]) == 40
+        children = mlflow.search_runs([run_.info.experiment_id],
+                                      filter_string=f"tags.mlflow.parentRunId = '{run_.info.run_id}'")
+        assert len(children) == 4
+        assert set(children["tags.optuna.state"]) <= {"COMPLETE", "PRUNED"}
