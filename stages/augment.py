@@ -57,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     frame = read_parquet(args.inp)
     out = augment(frame, modality, modality.augment_params(ap.by_modality[modality.name]),
                   copies=ap.copies, seed=params["base"]["seed"])
+    from stages.contracts import check  # data contract at the augment -> train boundary
+    check(out, "augmented", where=args.out)
     write_parquet(args.out, out)
     metrics = {
         "rows_in": len(frame),

@@ -1,9 +1,14 @@
-"""clean: normalise payloads, drop noise and exact duplicates, quarantine every dropped row.
+"""clean: normalise payloads, drop noise, exact and near duplicates, quarantine every dropped row.
 
-Reads the acquire table. Writes the kept rows (payload normalised, `content_hash` added),
-`quarantine.parquet` with each dropped row and its `quarantine_reason` (plus `duplicate_of`
-for duplicates), and a metrics JSON with counts per reason.
-Rows in = rows kept + rows quarantined, always.
+Reads the acquire table. Writes the kept rows (payload normalised, `content_hash` and `cluster_id`
+added), `quarantine.parquet` with each dropped row and its `quarantine_reason` (plus `duplicate_of`
+for exact duplicates and `near_duplicate_of` for near duplicates), a metrics JSON with counts per
+reason, duplicate clusters, class balance and payload summary numbers, and a quality report
+(Markdown + PNG). Rows in = rows kept + rows quarantined, always.
+
+Near duplicates (MinHash + LSH on char n-grams for text, pHash for images; see stages/dedup.py) form
+clusters whose representative is the smallest id. `near_dedup: quarantine` drops the other members;
+`mark` keeps them with `near_duplicate_of` set, and split keeps each cluster inside one split.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from stages import contracts, quality
 from stages.common import (
     StageError,
     build,
@@ -25,12 +31,16 @@ from stages.common import (
     write_json,
     write_parquet,
 )
+from stages.dedup import clusters as cluster_roots
 from stages.modalities import Modality, task_modality
+
+NEAR_DEDUP_MODES = ("quarantine", "mark", "off")
 
 
 @dataclass(frozen=True)
 class CleanParams:
     exact_dedup: bool
+    near_dedup: str                  # quarantine | mark | off
     by_modality: dict[str, dict[str, Any]]
 
 
@@ -41,8 +51,11 @@ class CleanResult:
     metrics: dict[str, Any]
 
 
-def clean(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, exact_dedup: bool) -> CleanResult:
-    """Normalise each payload, quarantine invalid rows and exact duplicates (keeping the smallest id)."""
+def clean(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, exact_dedup: bool,
+          near_dedup: str) -> CleanResult:
+    """Normalise each payload, quarantine invalid rows, exact and near duplicates (keeping the smallest id)."""
+    if near_dedup not in NEAR_DEDUP_MODES:
+        raise StageError(f"params.yaml: clean.near_dedup: {near_dedup!r} is not one of {list(NEAR_DEDUP_MODES)}")
     column = modality.payload_column
     frame = frame.reset_index(drop=True)
     reasons: list[str | None] = [None] * len(frame)
@@ -76,15 +89,33 @@ def clean(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, exac
                 if i != keeper:
                     reasons[i], duplicate_of[i] = "exact_duplicate", frame.at[keeper, "id"]
 
+    near_of: list[str | None] = [None] * len(frame)
+    cluster_id: list[str | None] = [str(i) for i in frame["id"]]
+    near = {"near_duplicate_clusters": 0, "near_duplicate_rows": 0, "near_duplicate_cluster_size_max": 0,
+            "near_duplicate_clusters_with_conflicting_labels": 0}
+    if near_dedup != "off":
+        survivors = [i for i, r in enumerate(reasons) if r is None]
+        near = _near_duplicates(frame, survivors, [normalised[i] for i in survivors], modality, modality_params,
+                                near_of, cluster_id)
+        if near_dedup == "quarantine":
+            for i in survivors:
+                if near_of[i] is not None:
+                    reasons[i] = "near_duplicate"
+
     dropped = [r is not None for r in reasons]
     keep_mask = pd.Series([not d for d in dropped])
     kept = frame[keep_mask].copy()
     kept[column] = [p for p, d in zip(normalised, dropped) if not d]
     kept["content_hash"] = [h for h, d in zip(hashes, dropped) if not d]
+    kept["cluster_id"] = pd.Series([c for c, d in zip(cluster_id, dropped) if not d], index=kept.index, dtype="str")
+    kept["near_duplicate_of"] = pd.Series([n for n, d in zip(near_of, dropped) if not d], index=kept.index,
+                                          dtype="str")
     quarantine = frame[~keep_mask].copy()
     quarantine["quarantine_reason"] = [r for r in reasons if r is not None]
     quarantine["duplicate_of"] = pd.Series([d for d, r in zip(duplicate_of, reasons) if r is not None],
                                            index=quarantine.index, dtype="str")
+    quarantine["near_duplicate_of"] = pd.Series([n for n, r in zip(near_of, reasons) if r is not None],
+                                                index=quarantine.index, dtype="str")
     assert len(kept) + len(quarantine) == len(frame)
 
     metrics = {
@@ -94,9 +125,37 @@ def clean(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, exac
         "quarantined_by_reason": quarantine_counts(quarantine),
         "exact_duplicate_clusters": clusters,
         "exact_duplicate_clusters_with_conflicting_labels": conflicting,
+        **near,
+        "class_balance": _class_balance(kept),
         "payload": modality.describe(list(kept[column])),
     }
     return CleanResult(kept.reset_index(drop=True), quarantine.reset_index(drop=True), metrics)
+
+
+def _near_duplicates(frame: pd.DataFrame, rows: list[int], payloads: list[Any], modality: Modality,
+                     modality_params: Any, near_of: list[str | None], cluster_id: list[str | None]) -> dict[str, int]:
+    """Fill `near_of` and `cluster_id` for `rows` in place; return the cluster metrics."""
+    ids = [str(frame.at[i, "id"]) for i in rows]
+    pairs, _ = modality.near_duplicate_pairs(payloads, modality_params)
+    roots = cluster_roots(ids, pairs)
+    members: dict[int, list[int]] = {}
+    for position, root in enumerate(roots):
+        members.setdefault(root, []).append(position)
+        cluster_id[rows[position]] = ids[root]
+        if root != position:
+            near_of[rows[position]] = ids[root]
+    sizes = [len(m) for m in members.values() if len(m) > 1]
+    conflicting = sum(1 for m in members.values()
+                      if len(m) > 1 and frame.loc[[rows[p] for p in m], "label"].nunique(dropna=False) > 1)
+    return {"near_duplicate_clusters": len(sizes), "near_duplicate_rows": sum(sizes) - len(sizes),
+            "near_duplicate_cluster_size_max": max(sizes, default=0),
+            "near_duplicate_clusters_with_conflicting_labels": conflicting}
+
+
+def _class_balance(kept: pd.DataFrame) -> dict[str, Any]:
+    counts = kept["label"].fillna("<unlabelled>").astype(str).value_counts()
+    return {"per_label": {k: int(v) for k, v in counts.sort_index().items()},
+            "min_over_max": round(float(counts.min() / counts.max()), 4) if len(counts) else 0.0}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -106,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--quarantine", required=True)
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--report", help="folder for the quality report (quality.md, quality.png)")
     args = parser.parse_args(argv)
 
     params = load_params()
@@ -117,10 +177,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     frame = read_parquet(args.inp)
     if modality.payload_column not in frame.columns:
         raise StageError(f"{args.inp}: column {modality.payload_column!r} missing for modality {modality.name!r}")
-    result = clean(frame, modality, modality.clean_params(modality_values), exact_dedup=cp.exact_dedup)
+    result = clean(frame, modality, modality.clean_params(modality_values), exact_dedup=cp.exact_dedup,
+                   near_dedup=cp.near_dedup)
+    contracts.check(result.kept, "clean", where=args.out)
     write_parquet(args.quarantine, result.quarantine)
     write_parquet(args.out, result.kept)
     write_json(args.metrics, result.metrics)
+    if args.report:
+        quality.write_report(args.report, f"clean: {args.task}", result.metrics, quality.charts(result.metrics))
     print(f"clean {args.task}: kept {len(result.kept)}, quarantined {len(result.quarantine)} "
           f"{result.metrics['quarantined_by_reason']}")
 

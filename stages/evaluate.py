@@ -12,7 +12,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 import numpy as np
 
@@ -55,6 +58,28 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, labels: Sequence[str]) -> di
                                    zero_division=0)
     metrics["per_class"] = {lab: {k: float(v) for k, v in report[lab].items()} for lab in labels}
     return metrics
+
+
+def evaluate_slices(y_true: np.ndarray, proba: np.ndarray, slices: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Accuracy and macro-F1 per slice value (e.g. each row's `label_source`: source, human, model, ...)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    slices = np.asarray(slices, dtype=object)
+    y_pred = proba.argmax(1)
+    out = {}
+    for name in sorted(set(slices.tolist())):
+        mask = slices == name
+        out[str(name)] = {"n": int(mask.sum()), "accuracy": float(accuracy_score(y_true[mask], y_pred[mask])),
+                          "macro_f1": float(f1_score(y_true[mask], y_pred[mask], average="macro", zero_division=0))}
+    return out
+
+
+def test_digest(test: "pd.DataFrame") -> str:
+    """A hash of the test set (ids and labels): two models compare only if they were scored on equal digests."""
+    import hashlib
+
+    rows = sorted(zip(test["id"].astype(str), test["label"].astype(str)))
+    return hashlib.sha256("\n".join(f"{i}\t{lab}" for i, lab in rows).encode()).hexdigest()
 
 
 def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str], path: Path) -> None:
@@ -130,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     proba = predict_proba(classifier, modality, config["spec"], list(test[modality.payload_column]),
                           batch_size=ep.batch_size, device=choose_device())
     metrics = evaluate(y_true, proba, labels)
+    metrics["test_digest"] = test_digest(test)
+    if "label_source" in test.columns:  # how well the model does on rows labelled by people, rules, models, source
+        metrics["by_label_source"] = evaluate_slices(y_true, proba, list(test["label_source"]))
     plots = Path(args.plots)
     plot_confusion(y_true, proba.argmax(1), labels, plots / "confusion_matrix.png")
     plot_roc(y_true, proba, labels, plots / "roc.png")
@@ -142,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         flat = {f"test_{k}": v for k, v in metrics.items() if isinstance(v, float)}
         for lab, row in metrics["per_class"].items():
             flat[f"test_f1.{lab}"] = row["f1-score"]
+        for name, row in metrics.get("by_label_source", {}).items():
+            flat[f"test_accuracy.label_source.{name}"] = row["accuracy"]
         mlflow.log_metrics(flat)
         mlflow.log_dict(metrics, "eval/eval.json")
         mlflow.log_artifact(str(plots / "confusion_matrix.png"), "eval")

@@ -37,13 +37,75 @@ class Decision:
     reason: str
 
 
-def decide(candidate: float, champion: float | None, *, min_improvement: float) -> Decision:
-    """`champion` if there is none yet or the candidate beats it by more than `min_improvement`."""
+def decide(candidate: float, champion: float | None, *, min_improvement: float, same_test_data: bool = True,
+           checks_passed: bool = True) -> Decision:
+    """The promotion gate.
+
+    `champion` only if the data checks passed and either there is no champion yet or, on the same
+    test data, the candidate beats it by more than `min_improvement`; otherwise `challenger`.
+    """
+    if not checks_passed:
+        return Decision("challenger", "data checks (leakage or contracts) failed: never promoted")
     if champion is None:
         return Decision("champion", "no champion yet")
+    if not same_test_data:
+        return Decision("challenger", "champion was scored on different test data: no comparison")
     if candidate > champion + min_improvement:
-        return Decision("champion", f"candidate {candidate:.4f} beats champion {champion:.4f}")
-    return Decision("challenger", f"candidate {candidate:.4f} does not beat champion {champion:.4f}")
+        return Decision("champion", f"candidate {candidate:.4f} beats champion {champion:.4f} by more than "
+                                    f"{min_improvement:g}")
+    return Decision("challenger", f"candidate {candidate:.4f} does not beat champion {champion:.4f} by more than "
+                                  f"{min_improvement:g}")
+
+
+def data_checks_passed(split_metrics: dict[str, Any]) -> tuple[bool, str]:
+    """False when the split stage recorded any leakage or contract violation."""
+    bad = {}
+    for key in ("leakage", "contract_violations"):
+        value = split_metrics.get(key)
+        if isinstance(value, dict):
+            bad.update({f"{key}.{k}": v for k, v in value.items() if isinstance(v, (int, float)) and v > 0})
+        elif isinstance(value, (int, float)) and value > 0:
+            bad[key] = value
+    return not bad, ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+
+
+def render_card(*, name: str, version: int, task: str, modality: str, labels: list[str], summary: dict[str, Any],
+                evaluation: dict[str, Any], data: dict[str, Any], decision: Decision) -> str:
+    """The model card: task, data version, study, test metrics overall and per class, limitations."""
+    lines = [
+        f"# Model card: {name} v{version}", "",
+        f"- **Task**: `{task}` ({modality} classification, {len(labels)} classes: {', '.join(labels)})",
+        f"- **Alias at registration**: `{decision.alias}` ({decision.reason})", "",
+        "## Data version", "",
+        f"- Training table md5 (DVC): `{summary['train_data_md5']}`",
+        f"- Test set digest: `{evaluation.get('test_digest', 'n/a')}`",
+    ]
+    lines += [f"- `{k}`: `{v}`" for k, v in sorted(data.get("hashes", {}).items())]
+    lines += [f"- Rows per split: {data.get('rows_per_split', {})}",
+              f"- Sources: {', '.join(data.get('sources', [])) or 'n/a'}",
+              f"- Licences: {', '.join(data.get('licenses', [])) or 'n/a'}", "",
+              "## Study", "",
+              f"- Optuna study `{summary['study_name']}`: {summary.get('n_trials')} trials, "
+              f"{summary.get('n_complete')} complete, {summary.get('n_pruned')} pruned, {summary.get('n_failed')} failed",
+              f"- Best trial {summary.get('best_trial')} (best epoch {summary.get('best_epoch')}), "
+              f"params: `{summary.get('best_params')}`", "",
+              "## Test metrics", "",
+              "| metric | value |", "|---|---|"]
+    for key in ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall", "roc_auc", "log_loss"):
+        value = evaluation.get(key)
+        lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | n/a |")
+    lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+    for lab, row in evaluation.get("per_class", {}).items():
+        lines.append(f"| {lab} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1-score']:.4f} | "
+                     f"{int(row['support'])} |")
+    weakest = min(evaluation.get("per_class", {}).items(), key=lambda kv: kv[1]["f1-score"], default=None)
+    lines += ["", "## Known limitations", "",
+              "- Trained and evaluated only on the data version above; other domains, languages or image styles "
+              "are out of scope.",
+              "- Test metrics come from one held-out split; small classes have wide confidence intervals."]
+    if weakest:
+        lines.append(f"- Weakest class: `{weakest[0]}` (test F1 {weakest[1]['f1-score']:.4f}).")
+    return "\n".join(lines) + "\n"
 
 
 def model_name(params: RegisterParams, task: str) -> str:
@@ -57,13 +119,24 @@ def input_example(modality: Any, frame: Any) -> Any:
     return pd.DataFrame({column: list(frame[column].head(2))})
 
 
+def data_summary(frame: Any, lock_hashes: dict[str, str]) -> dict[str, Any]:
+    return {
+        "hashes": lock_hashes,
+        "rows_per_split": {str(k): int(v) for k, v in frame["split"].value_counts().sort_index().items()},
+        "sources": sorted(frame["source"].dropna().astype(str).unique()) if "source" in frame else [],
+        "licenses": sorted(frame["license"].dropna().astype(str).unique()) if "license" in frame else [],
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task")
-    parser.add_argument("--in", dest="inp", required=True, help="the training data table (for the input example)")
+    parser.add_argument("--in", dest="inp", required=True, help="the training data table (input example, card)")
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--summary", required=True)
     parser.add_argument("--eval", required=True)
+    parser.add_argument("--split-metrics", required=True, help="the split stage's metrics (leakage/contract checks)")
+    parser.add_argument("--card", required=True, help="where to write the model card (Markdown)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -73,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from mlflow.models import infer_signature
 
     from stages import tracking
-    from stages.common import read_parquet
+    from stages.common import atomic_path, read_parquet
     from stages.modalities import task_modality
 
     params = load_params()
@@ -83,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if rp.promote_metric not in metrics:
         raise StageError(f"params.yaml: register.promote_metric: {rp.promote_metric!r} not in {args.eval}")
     candidate = float(metrics[rp.promote_metric])
+    checks_passed, check_failures = data_checks_passed(json.loads(Path(args.split_metrics).read_text()))
     modality = task_modality(params, args.task)
     name = model_name(rp, args.task)
     frame = read_parquet(args.inp)
@@ -107,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         client = MlflowClient()
         tags = {"task": args.task, "data.md5": summary["train_data_md5"], "git.commit": tracking.git("rev-parse", "HEAD"),
-                "study": summary["study_name"], rp.promote_metric: f"{candidate:.6f}"}
+                "study": summary["study_name"], "test_digest": metrics.get("test_digest", ""),
+                rp.promote_metric: f"{candidate:.6f}", **tracking.lock_hashes(args.task)}
         version = mlflow.register_model(info.model_uri, name, tags=tags)
         try:
             current = client.get_model_version_by_alias(name, "champion")
@@ -115,9 +190,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             champion_value = None if champion_value != champion_value else champion_value
         except MlflowException:
             current, champion_value = None, None
-        decision = decide(candidate, champion_value, min_improvement=rp.min_improvement)
+        same_test = current is None or current.tags.get("test_digest") == metrics.get("test_digest")
+        decision = decide(candidate, champion_value, min_improvement=rp.min_improvement, same_test_data=same_test,
+                          checks_passed=checks_passed)
+        if not checks_passed:
+            decision = Decision(decision.alias, f"{decision.reason} ({check_failures})")
         client.set_registered_model_alias(name, decision.alias, version.version)
         client.set_model_version_tag(name, version.version, "promotion", f"{decision.alias}: {decision.reason}")
+        card = render_card(name=name, version=int(version.version), task=args.task, modality=modality.name,
+                           labels=list(json.loads((Path(args.model_dir) / "classifier.json").read_text())["labels"]),
+                           summary=summary, evaluation=metrics,
+                           data=data_summary(frame, tracking.lock_hashes(args.task)), decision=decision)
+        with atomic_path(args.card) as tmp:
+            tmp.write_text(card)
+        mlflow.log_artifact(args.card, "model_card")
+        client.update_model_version(name, version.version, description=card)
         mlflow.set_tags({"registered_model": name, "registered_version": version.version})
 
     write_json(args.out, {
@@ -128,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "run_id": run.info.run_id,
         "model_uri": f"models:/{name}/{version.version}",
         "data_md5": summary["train_data_md5"],
+        "test_digest": metrics.get("test_digest"),
         rp.promote_metric: candidate,
         "previous_champion_version": int(current.version) if current is not None else None,
     })

@@ -70,14 +70,53 @@ def lineage_tags() -> dict[str, str]:
     return tags
 
 
-@contextlib.contextmanager
-def start(params: dict[str, Any], task: str, *, run_name: str) -> Iterator[Any]:
-    """Start the study's parent run, tagged with task and git lineage."""
+def worker_tags() -> dict[str, str]:
+    import socket
+
+    return {"worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def close_dead_runs(experiment_id: str) -> list[str]:
+    """End as KILLED every RUNNING run of this host whose process is gone (e.g. after kill -9)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from stages.train import is_dead_local_worker
+
+    runs = mlflow.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", output_format="list")
+    closed = []
+    for run in runs:
+        worker = run.data.tags.get("worker")
+        if worker and is_dead_local_worker(worker):
+            MlflowClient().set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    return closed
+
+
+def find_study_run(params: dict[str, Any], task: str, study: str) -> str | None:
+    """The parent run of an Optuna study, if one was started before (the newest)."""
     import mlflow
 
     experiment_id = ensure_experiment(params, task)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.set_tags({"task": task, "stage": "train", **lineage_tags()})
+    runs = mlflow.search_runs([experiment_id], filter_string=f"tags.`optuna.study` = '{study}' and tags.stage = 'train'",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    return runs[0].info.run_id if runs else None
+
+
+@contextlib.contextmanager
+def start(params: dict[str, Any], task: str, *, run_name: str, study: str) -> Iterator[Any]:
+    """Start, or resume after a crash, the study's parent run, tagged with task, study and git lineage."""
+    import mlflow
+
+    experiment_id = ensure_experiment(params, task)
+    close_dead_runs(experiment_id)
+    existing = find_study_run(params, task, study)
+    if existing:
+        run_ctx = mlflow.start_run(run_id=existing)
+    else:
+        run_ctx = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+    with run_ctx as run:
+        mlflow.set_tags({"task": task, "stage": "train", "optuna.study": study, **worker_tags(), **lineage_tags()})
         yield run
 
 
@@ -89,11 +128,22 @@ def resume(params: dict[str, Any], run_id: str) -> Iterator[Any]:
 
     configure(params)
     try:
+        close_dead_runs(mlflow.get_run(run_id).info.experiment_id)
         run = mlflow.start_run(run_id=run_id)
     except MlflowException as exc:
         raise StageError(f"MLflow run {run_id}: {str(exc).splitlines()[0]} (rerun train: dvc repro -f train)") from None
     with run:
+        mlflow.set_tags(worker_tags())
         yield run
+
+
+def log_dataset(frame: Any, path: str, md5: str) -> None:
+    """Log the training table as an MLflow dataset input whose digest is its DVC md5."""
+    import mlflow
+
+    columns = [c for c in frame.columns if frame[c].dtype != object or c in ("label", "split")]
+    dataset = mlflow.data.from_pandas(frame[columns], source=path, name=Path(path).stem, targets="label", digest=md5)
+    mlflow.log_input(dataset, context="training")
 
 
 def lock_hashes(task: str, lock_path: str | Path = "dvc.lock") -> dict[str, str]:
@@ -122,7 +172,8 @@ def log_lineage(task: str, data_path: str, data_md5: str) -> None:
     mlflow.set_tags({"data.path": data_path, "data.md5": data_md5, **lock_hashes(task)})
 
 
-def tracked_trial(trial: Any, fit: Callable[[Callable[[int, dict[str, float]], None]], Any], *, metric: str) -> Any:
+def tracked_trial(trial: Any, fit: Callable[[Callable[[int, dict[str, float]], None]], Any], *, metric: str,
+                  parent_run_id: str | None = None) -> Any:
     """Run `fit(on_epoch)` inside a nested MLflow run for this Optuna trial.
 
     Per-epoch metrics are logged with the epoch as step. A pruned trial ends FINISHED with tag
@@ -131,10 +182,11 @@ def tracked_trial(trial: Any, fit: Callable[[Callable[[int, dict[str, float]], N
     import mlflow
     import optuna
 
-    parent = mlflow.active_run()
+    parent = mlflow.get_run(parent_run_id) if parent_run_id else mlflow.active_run()
     experiment_id = parent.info.experiment_id if parent else None
-    with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, experiment_id=experiment_id) as run:
-        mlflow.set_tags({"optuna.trial": str(trial.number), "optuna.study": trial.study.study_name})
+    with mlflow.start_run(run_name=f"trial-{trial.number}", experiment_id=experiment_id,
+                          parent_run_id=parent.info.run_id if parent else None, nested=parent is not None) as run:
+        mlflow.set_tags({"optuna.trial": str(trial.number), "optuna.study": trial.study.study_name, **worker_tags()})
 
         def on_epoch(epoch: int, values: dict[str, float]) -> None:
             mlflow.log_metrics({f"val_{metric}" if k == "val_metric" else k: v for k, v in values.items()}, step=epoch)

@@ -1,22 +1,32 @@
-"""train: an Optuna study that fine-tunes a pretrained backbone, tracked in MLflow.
+"""train: a resumable Optuna study that fine-tunes a pretrained backbone, tracked in MLflow.
 
-Reads the augmented table (train and val rows). Each trial samples hyperparameters from the
-search space in `params.train.search.<strategy>`, trains epoch by epoch, reports the validation
-metric for pruning, stops early after `patience` epochs without improvement and keeps its best
-epoch's weights. The best trial's model is written to the model folder; the study's journal,
-a training summary (MLflow run id, best params) and metrics are written beside it.
+Reads the augmented table (train and val rows). Each trial samples hyperparameters from
+`params.train.search.<strategy>`, trains epoch by epoch, reports the validation metric for pruning,
+stops early after `patience` epochs without improvement and keeps its best epoch's weights.
+
+The study lives in the study folder (a DVC output with `persist: true`): an Optuna journal (or the
+RDB URL in `train.storage`), cached backbone features and per-trial checkpoints. Its name is derived
+from the data hash and the search settings, so rerunning on the same data resumes the study
+(finished trials are kept; trials left RUNNING by a dead worker are failed and retried), while a new
+data version starts a fresh one. `train.n_workers` processes share one study; more can join from
+other machines with `--worker-only` against the same storage URL.
 
 Strategies (`params.train.strategy`): `head` freezes the backbone and trains a head on cached
-features (fast on CPU); `full` fine-tunes the whole network (meant for GPUs).
+features (fast on CPU); `lora` adds low-rank adapters to a text encoder (peft); `full` fine-tunes the
+whole network (meant for GPUs).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,8 +48,11 @@ from stages.model import (
     configure_threads,
     make_head,
     save_classifier,
+    to_device,
 )
 from stages.modalities import Modality, task_modality
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 @dataclass(frozen=True)
@@ -54,10 +67,14 @@ class TrainParams:
     strategy: str
     n_trials: int
     timeout_s: float | None
+    n_workers: int
+    storage: str | None
+    final_model: str
     metric: str
     patience: int
     pruner: PrunerParams
     num_threads: int | None
+    deterministic: bool
     feature_batch_size: int
     search: dict[str, dict[str, dict[str, Any]]]
     model: dict[str, dict[str, Any]]
@@ -97,7 +114,7 @@ def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Sample one value per entry of a params.yaml search space.
 
-    Each entry is `{type: float|int, low, high, log}` or `{type: categorical, choices}`.
+    Each entry is `{type: float|int, low, high, log}`, `{type: categorical, choices}` or `{type: fixed, value}`.
     """
     values = {}
     for name, spec in space.items():
@@ -108,9 +125,11 @@ def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, 
             values[name] = trial.suggest_int(name, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
         elif kind == "categorical":
             values[name] = trial.suggest_categorical(name, list(spec["choices"]))
+        elif kind == "fixed":
+            values[name] = spec["value"]
         else:
             raise StageError(f"params.yaml: train.search.*.{name}.type: unknown type {kind!r}; "
-                             "known: ['categorical', 'float', 'int']")
+                             "known: ['categorical', 'fixed', 'float', 'int']")
     return values
 
 
@@ -140,10 +159,9 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
             total += float(loss.detach()) * len(targets)
             count += len(targets)
         metric = evaluate()
-        improved = metric > best_metric
-        if improved:
+        if metric > best_metric:
             best_metric, best_epoch, stale = metric, epoch, 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
+            best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
         else:
             stale += 1
         on_epoch(epoch, {"val_metric": metric, "train_loss": total / max(count, 1)})
@@ -155,22 +173,34 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
 
 
 class HeadStrategy:
-    """Frozen backbone: extract features once, then each trial trains only a head on them."""
+    """Frozen backbone: features are extracted once (and cached), each trial trains only a head."""
 
-    def __init__(self, modality: Modality, spec: dict[str, Any], data: SplitData, *, metric: str,
-                 patience: int, device: torch.device, feature_batch_size: int) -> None:
+    def __init__(self, modality: Modality, spec: dict[str, Any], data: SplitData, *, metric: str, patience: int,
+                 device: torch.device, feature_batch_size: int, feature_cache: Path | None = None) -> None:
         self.modality, self.spec, self.metric, self.patience, self.device = modality, spec, metric, patience, device
         self.backbone = modality.build_backbone(spec, pretrained=True).to(device).eval()
         for p in self.backbone.parameters():
             p.requires_grad_(False)
-        extract = lambda payloads, desc: torch.from_numpy(batched_forward(  # noqa: E731
-            self.backbone, modality, spec, payloads, self.backbone,
-            batch_size=feature_batch_size, device=device, desc=desc))
-        self.x_train = extract(data.train_payloads, "features train").to(device)
-        self.x_val = extract(data.val_payloads, "features val").to(device)
+        x_train, x_val = self._features(data, feature_batch_size, feature_cache)
+        self.x_train, self.x_val = x_train.to(device), x_val.to(device)
         self.y_train = torch.from_numpy(data.train_labels).long().to(device)
         self.y_val = data.val_labels
         self.n_classes = int(max(data.train_labels.max(), data.val_labels.max())) + 1
+
+    def _features(self, data: SplitData, batch_size: int, cache: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+        from safetensors.torch import load_file, save_file
+
+        if cache is not None and cache.is_file():
+            tensors = load_file(str(cache))
+            return tensors["train"], tensors["val"]
+        extract = lambda payloads, desc: torch.from_numpy(batched_forward(  # noqa: E731
+            self.backbone, self.modality, self.spec, payloads, self.backbone,
+            batch_size=batch_size, device=self.device, desc=desc))
+        x_train, x_val = extract(data.train_payloads, "features train"), extract(data.val_payloads, "features val")
+        if cache is not None:
+            with atomic_path(cache) as tmp:
+                save_file({"train": x_train.contiguous(), "val": x_val.contiguous()}, str(tmp))
+        return x_train, x_val
 
     def fit(self, hp: dict[str, Any], on_epoch: EpochCallback, *, seed: int) -> FitResult:
         torch.manual_seed(seed)
@@ -195,21 +225,33 @@ class HeadStrategy:
                                               patience=self.patience, device=self.device, on_epoch=on_epoch)
         return FitResult(Classifier(self.backbone, head), best, best_epoch, epochs)
 
+    def checkpoint(self, model: Classifier) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
+
+    def restore(self, state: dict[str, torch.Tensor], hp: dict[str, Any]) -> Classifier:
+        head = make_head(self.x_train.shape[1], self.n_classes, hidden=hp["head_hidden"], dropout=hp["dropout"])
+        head.load_state_dict(state)
+        return Classifier(self.backbone, head.to(self.device))
+
 
 class FullStrategy:
     """Fine-tune the whole pretrained network; each trial starts from the pretrained weights."""
 
-    def __init__(self, modality: Modality, spec: dict[str, Any], data: SplitData, *, metric: str,
-                 patience: int, device: torch.device, feature_batch_size: int) -> None:
+    def __init__(self, modality: Modality, spec: dict[str, Any], data: SplitData, *, metric: str, patience: int,
+                 device: torch.device, feature_batch_size: int, feature_cache: Path | None = None) -> None:
         self.modality, self.spec, self.data, self.metric = modality, spec, data, metric
         self.patience, self.device, self.eval_batch = patience, device, feature_batch_size
         self.n_classes = int(max(data.train_labels.max(), data.val_labels.max())) + 1
 
-    def fit(self, hp: dict[str, Any], on_epoch: EpochCallback, *, seed: int) -> FitResult:
-        torch.manual_seed(seed)
+    def build(self, hp: dict[str, Any]) -> Classifier:
         backbone = self.modality.build_backbone(self.spec, pretrained=True)
         head = make_head(backbone.feature_dim, self.n_classes, hidden=hp["head_hidden"], dropout=hp["dropout"])
-        model = Classifier(backbone, head).to(self.device)
+        return Classifier(backbone, head)
+
+    def fit(self, hp: dict[str, Any], on_epoch: EpochCallback, *, seed: int) -> FitResult:
+        torch.manual_seed(seed)
+        model = self.build(hp).to(self.device)
+        backbone = model.backbone
         generator = torch.Generator().manual_seed(seed)
         payloads, labels = self.data.train_payloads, torch.from_numpy(self.data.train_labels).long()
 
@@ -218,8 +260,6 @@ class FullStrategy:
             for start in range(0, len(order), hp["batch_size"]):
                 idx = order[start:start + hp["batch_size"]].tolist()
                 batch = self.modality.to_batch([payloads[i] for i in idx], self.spec, backbone)
-                from stages.model import to_device
-
                 yield to_device(batch, self.device), labels[idx].to(self.device)
 
         def evaluate() -> float:
@@ -231,10 +271,47 @@ class FullStrategy:
         best, best_epoch, epochs = fit_epochs(model, batches=batches, evaluate=evaluate, lr=hp["lr"],
                                               weight_decay=hp["weight_decay"], max_epochs=hp["max_epochs"],
                                               patience=self.patience, device=self.device, on_epoch=on_epoch)
-        return FitResult(model, best, best_epoch, epochs)
+        return FitResult(self.finalise(model), best, best_epoch, epochs)
+
+    def finalise(self, model: Classifier) -> Classifier:
+        return model
+
+    def checkpoint(self, model: Classifier) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+    def restore(self, state: dict[str, torch.Tensor], hp: dict[str, Any]) -> Classifier:
+        model = self.build({**hp, "lora_r": 0})
+        model.load_state_dict(state)
+        return model.to(self.device)
 
 
-STRATEGIES: dict[str, type] = {"head": HeadStrategy, "full": FullStrategy}
+class LoraStrategy(FullStrategy):
+    """Low-rank adapters (peft) on the text encoder plus a trained head; merged after training."""
+
+    def __init__(self, modality: Modality, spec: dict[str, Any], data: SplitData, **kwargs: Any) -> None:
+        if not modality.lora_targets(spec):
+            raise StageError(f"params.yaml: train.strategy: 'lora' is not available for modality {modality.name!r}")
+        super().__init__(modality, spec, data, **kwargs)
+
+    def build(self, hp: dict[str, Any]) -> Classifier:
+        model = super().build(hp)
+        if hp.get("lora_r", 0) <= 0:
+            return model
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=int(hp["lora_r"]), lora_alpha=int(hp["lora_alpha"]), lora_dropout=float(hp["dropout"]),
+                            target_modules=self.modality.lora_targets(self.spec))
+        model.backbone.encoder = get_peft_model(model.backbone.encoder, config)
+        return model
+
+    def finalise(self, model: Classifier) -> Classifier:
+        # merge the adapters so the saved model is a plain encoder that serving loads unchanged
+        if hasattr(model.backbone.encoder, "merge_and_unload"):
+            model.backbone.encoder = model.backbone.encoder.merge_and_unload()
+        return model
+
+
+STRATEGIES: dict[str, type] = {"head": HeadStrategy, "lora": LoraStrategy, "full": FullStrategy}
 
 
 def get_strategy(name: str) -> type:
@@ -254,6 +331,56 @@ def make_pruner(params: PrunerParams) -> optuna.pruners.BasePruner:
     if params.kind == "none":
         return optuna.pruners.NopPruner()
     raise StageError(f"params.yaml: train.pruner.kind: unknown pruner {params.kind!r}; known: ['hyperband', 'median', 'none']")
+
+
+def open_storage(url: str | None, study_dir: Path) -> optuna.storages.BaseStorage:
+    """A journal file in the study folder by default; an RDB URL (postgresql://, sqlite://) when given."""
+    if not url:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(study_dir / "journal.log"))
+        return optuna.storages.JournalStorage(backend)
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+    except Exception as exc:  # sqlalchemy raises many types for a bad URL or unreachable server
+        raise StageError(f"params.yaml: train.storage: cannot open {url.split('@')[-1]}: "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_dead_local_worker(worker: str | None) -> bool:
+    """True for a worker id of this host whose process no longer exists."""
+    if not worker:
+        return True
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return int(pid) == os.getpid()
+
+
+def recover_stale_trials(study: optuna.Study) -> list[int]:
+    """Fail trials left RUNNING by a dead worker and enqueue their params again; return their numbers."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if is_heartbeat_enabled(study._storage):
+        optuna.storages.fail_stale_trials(study)
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if is_dead_local_worker(trial.user_attrs.get("worker")):
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            recovered.append(trial.number)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        if trial.number in recovered and trial.params:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    return recovered
 
 
 def run_trial(trial: optuna.Trial, strategy: Any, space: dict[str, dict[str, Any]], *, seed: int,
@@ -287,10 +414,142 @@ def split_data(frame: pd.DataFrame, modality: Modality, labels: Sequence[str]) -
                      list(val[column]), val["label"].map(index).to_numpy(dtype=np.int64, copy=True))
 
 
-def study_name(task: str, data_md5: str, tp: TrainParams) -> str:
-    """Deterministic: same data and search space give the same study name."""
-    space = json.dumps({"strategy": tp.strategy, "search": tp.search.get(tp.strategy), "metric": tp.metric}, sort_keys=True)
-    return f"{task}-{data_md5[:8]}-{hashlib.sha256(space.encode()).hexdigest()[:8]}"
+def study_name(task: str, data_md5: str, tp: TrainParams, seed: int) -> str:
+    """Deterministic: the same data and search settings give the same name, so a rerun resumes."""
+    settings = {"strategy": tp.strategy, "search": tp.search.get(tp.strategy), "metric": tp.metric,
+                "patience": tp.patience, "pruner": [tp.pruner.kind, tp.pruner.n_startup_trials, tp.pruner.n_warmup_steps],
+                "model": tp.model, "seed": seed}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{task}-{data_md5[:8]}-{digest}"
+
+
+def count_trials(study: optuna.Study) -> tuple[int, int]:
+    """(finished, running) trial counts."""
+    trials = study.get_trials(deepcopy=False)
+    finished = sum(t.state in FINISHED for t in trials)
+    running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+    return finished, running
+
+
+# ---------------------------------------------------------------- workers
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs; plain values so it pickles across `spawn`."""
+
+    task: str
+    data_path: str
+    study_dir: str
+    study_name: str
+    parent_run_id: str | None
+    threads: int
+    index: int
+
+
+def build_strategy(params: dict[str, Any], tp: TrainParams, task: str, data_path: str, study_dir: Path,
+                   device: torch.device) -> tuple[Any, dict[str, Any], list[str]]:
+    labels = list(task_params(params, task)["labels"])
+    modality = task_modality(params, task)
+    if modality.name not in tp.model:
+        raise StageError(f"params.yaml: train.model.{modality.name}: missing key")
+    spec = dict(tp.model[modality.name])
+    data = split_data(read_parquet(data_path), modality, labels)
+    key = hashlib.sha256(json.dumps([file_md5(data_path), spec], sort_keys=True).encode()).hexdigest()[:16]
+    strategy = get_strategy(tp.strategy)(modality, spec, data, metric=tp.metric, patience=tp.patience, device=device,
+                                         feature_batch_size=tp.feature_batch_size,
+                                         feature_cache=study_dir / "features" / f"{key}.safetensors")
+    return strategy, spec, labels
+
+
+def checkpoint_path(study_dir: Path, number: int) -> Path:
+    return study_dir / "checkpoints" / f"trial-{number}.safetensors"
+
+
+def run_worker(spec: WorkerSpec) -> None:
+    """Join the study and run trials until it has `train.n_trials` finished trials."""
+    from safetensors.torch import save_file
+
+    from stages import tracking
+    from stages.common import offline_env
+
+    offline_env()
+    params = load_params()
+    tp = build(TrainParams, params.get("train"), "train")
+    seed = params["base"]["seed"]
+    configure_threads(spec.threads)
+    device = choose_device()
+    study_dir = Path(spec.study_dir)
+    strategy, _, _ = build_strategy(params, tp, spec.task, spec.data_path, study_dir, device)
+    storage = open_storage(tp.storage, study_dir)
+    study = optuna.load_study(study_name=spec.study_name, storage=storage,
+                              sampler=optuna.samplers.TPESampler(seed=seed + spec.index), pruner=make_pruner(tp.pruner))
+    space = tp.search[tp.strategy]
+    tracking.configure(params)
+    parent_run_id = spec.parent_run_id or tracking.find_study_run(params, spec.task, spec.study_name)
+    deadline = None if tp.timeout_s is None else time.time() + tp.timeout_s
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker_id())
+        result = tracking.tracked_trial(trial, lambda on_epoch: run_trial(trial, strategy, space, seed=seed,
+                                                                          on_epoch=on_epoch),
+                                        metric=tp.metric, parent_run_id=parent_run_id)
+        best_so_far = max((t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                           if t.value is not None), default=-math.inf)
+        if result.best_metric >= best_so_far:
+            with atomic_path(checkpoint_path(study_dir, trial.number)) as tmp:
+                save_file(strategy.checkpoint(result.model), str(tmp))
+        return result.best_metric
+
+    while deadline is None or time.time() < deadline:
+        finished, running = count_trials(study)
+        if finished + running >= tp.n_trials:
+            break
+        study.optimize(objective, n_trials=1, show_progress_bar=False)
+
+
+def run_workers(spec: WorkerSpec, n_workers: int) -> None:
+    """Run `n_workers` workers on one (already created) study: in-process for one, else `spawn`ed processes."""
+    if n_workers <= 1:
+        run_worker(spec)
+        return
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=run_worker, args=(dataclasses.replace(spec, index=i),), name=f"optuna-worker-{i}")
+                 for i in range(n_workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    failed = [p.name for p in processes if p.exitcode != 0]
+    if failed:
+        raise StageError(f"train: worker(s) {failed} exited non-zero; see the log above")
+
+
+# ---------------------------------------------------------------- final model
+
+def final_model(study: optuna.Study, strategy: Any, tp: TrainParams, study_dir: Path, *, seed: int) -> Classifier:
+    """The best trial's best-epoch checkpoint, or (train.final_model = refit) a refit with the best params."""
+    from safetensors.torch import load_file
+
+    best = study.best_trial
+    hp = {**{k: v["value"] for k, v in tp.search[tp.strategy].items() if v.get("type") == "fixed"}, **best.params}
+    path = checkpoint_path(study_dir, best.number)
+    if tp.final_model == "best_checkpoint" and path.is_file():
+        return strategy.restore(load_file(str(path)), hp)
+    if tp.final_model not in ("best_checkpoint", "refit"):
+        raise StageError(f"params.yaml: train.final_model: unknown value {tp.final_model!r}; "
+                         "known: ['best_checkpoint', 'refit']")
+    # refit: best params, on train+val, for the best trial's number of epochs (no early stopping)
+    epochs = int(best.user_attrs.get("best_epoch", hp["max_epochs"] - 1)) + 1
+    refit = copy.copy(strategy)
+    if isinstance(strategy, HeadStrategy) and tp.final_model == "refit":
+        refit.x_train = torch.cat([strategy.x_train, strategy.x_val])
+        refit.y_train = torch.cat([strategy.y_train, torch.from_numpy(strategy.y_val).long().to(strategy.device)])
+    elif tp.final_model == "refit":
+        d = strategy.data
+        refit.data = SplitData(d.train_payloads + d.val_payloads, np.concatenate([d.train_labels, d.val_labels]),
+                               d.val_payloads, d.val_labels)
+    refit.patience = math.inf
+    return refit.fit({**hp, "max_epochs": epochs}, lambda e, m: None, seed=seed + best.number).model
 
 
 # ---------------------------------------------------------------- main
@@ -299,10 +558,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task")
     parser.add_argument("--in", dest="inp", required=True)
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--study", required=True, help="Optuna journal file")
-    parser.add_argument("--summary", required=True)
-    parser.add_argument("--metrics", required=True)
+    parser.add_argument("--study-dir", required=True, help="journal, feature cache and checkpoints (persisted)")
+    parser.add_argument("--model-dir", help="where the final model goes (not with --worker-only)")
+    parser.add_argument("--summary")
+    parser.add_argument("--metrics")
+    parser.add_argument("--reports", help="data-quality reports folder to log with the training run")
+    parser.add_argument("--worker-only", action="store_true",
+                        help="join an existing study as one more worker (e.g. on another machine) and exit")
     args = parser.parse_args(argv)
 
     from stages import tracking
@@ -311,89 +573,100 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params()
     tp = build(TrainParams, params.get("train"), "train")
     seed = params["base"]["seed"]
-    task = task_params(params, args.task)
-    labels = list(task["labels"])
-    modality = task_modality(params, args.task)
-    strategy_cls = get_strategy(tp.strategy)
+    get_strategy(tp.strategy)
     if tp.strategy not in tp.search:
         raise StageError(f"params.yaml: train.search.{tp.strategy}: missing key")
-    if modality.name not in tp.model:
-        raise StageError(f"params.yaml: train.model.{modality.name}: missing key")
-    spec = dict(tp.model[modality.name])
-    space = tp.search[tp.strategy]
-    configure_threads(tp.num_threads)
+    study_dir = Path(args.study_dir)
+    data_md5 = file_md5(args.inp) if Path(args.inp).is_file() else ""
+    if not data_md5:
+        raise StageError(f"{args.inp}: input not found (run the upstream stage first: dvc repro)")
+    name = study_name(args.task, data_md5, tp, seed)
+    total_threads = tp.num_threads or os.cpu_count() or 1
+    threads = max(1, total_threads // max(1, tp.n_workers))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    if args.worker_only:
+        run_worker(WorkerSpec(args.task, args.inp, str(study_dir), name, None, total_threads, index=os.getpid()))
+        return
+    if not (args.model_dir and args.summary and args.metrics):
+        parser.error("--model-dir, --summary and --metrics are required unless --worker-only")
+
+    configure_threads(total_threads)
     torch.manual_seed(seed)
+    if tp.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     device = choose_device()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    frame = read_parquet(args.inp)
-    data_md5 = file_md5(args.inp)
-    data = split_data(frame, modality, labels)
-    name = study_name(args.task, data_md5, tp)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # The study is created once, here, before any worker starts: concurrent create_study races.
+    storage = open_storage(tp.storage, study_dir)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed), pruner=make_pruner(tp.pruner),
+                                load_if_exists=True)
+    recovered = recover_stale_trials(study)
+    # features are extracted (and cached in the study folder) once, before workers load them
+    strategy, spec, labels = build_strategy(params, tp, args.task, args.inp, study_dir, device)
 
-    run_ctx = tracking.start(params, args.task, run_name=f"study-{name}")
-    with run_ctx as parent:
-        tracking.log_lineage(args.task, args.inp, data_md5)
+    with tracking.start(params, args.task, run_name=f"study-{name}", study=name) as parent:
         import mlflow
 
-        mlflow.log_params({"strategy": tp.strategy, "n_trials": tp.n_trials, "metric": tp.metric,
-                           "patience": tp.patience, "pruner": tp.pruner.kind, "device": device.type,
-                           "study_name": name, **{f"model.{k}": v for k, v in spec.items()}})
-        mlflow.log_dict({"search": space}, "search_space.json")
-        strategy = strategy_cls(modality, spec, data, metric=tp.metric, patience=tp.patience,
-                                device=device, feature_batch_size=tp.feature_batch_size)
-        with atomic_path(args.study) as journal_tmp:
-            storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal_tmp)))
-            study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
-                                        sampler=optuna.samplers.TPESampler(seed=seed), pruner=make_pruner(tp.pruner),
-                                        load_if_exists=True)
-            best: dict[str, Any] = {}
+        tracking.log_lineage(args.task, args.inp, data_md5)
+        tracking.log_dataset(read_parquet(args.inp), args.inp, data_md5)
+        mlflow.log_params({"strategy": tp.strategy, "n_trials": tp.n_trials, "n_workers": tp.n_workers,
+                           "metric": tp.metric, "patience": tp.patience, "pruner": tp.pruner.kind,
+                           "final_model": tp.final_model, "device": device.type, "study_name": name,
+                           **{f"model.{k}": v for k, v in spec.items()}})
+        mlflow.log_dict({"search": tp.search[tp.strategy]}, "search_space.json")
+        if args.reports and Path(args.reports).is_dir():
+            mlflow.log_artifacts(args.reports, "data_quality")
+        if recovered:
+            mlflow.set_tag("optuna.recovered_trials", ",".join(map(str, recovered)))
+        run_workers(WorkerSpec(args.task, args.inp, str(study_dir), name, parent.info.run_id, threads, index=0),
+                    tp.n_workers)
 
-            def objective(trial: optuna.Trial) -> float:
-                result = tracking.tracked_trial(trial, lambda on_epoch: run_trial(
-                    trial, strategy, space, seed=seed, on_epoch=on_epoch), metric=tp.metric)
-                if result.best_metric > best.get("value", -math.inf):
-                    best.update(value=result.best_metric, model=copy.deepcopy(result.model).cpu(), number=trial.number)
-                return result.best_metric
-
-            study.optimize(objective, n_trials=tp.n_trials, timeout=tp.timeout_s, show_progress_bar=False)
-            trials = study.trials
+        trials = study.get_trials(deepcopy=False)
         states = [t.state.name for t in trials]
-        if "model" not in best:
+        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not complete:
             raise StageError(f"study {name}: no trial completed ({states.count('PRUNED')} pruned, "
                              f"{states.count('FAIL')} failed)")
+        best = study.best_trial
+        model = final_model(study, strategy, tp, study_dir, seed=seed)
         summary_metrics = {
-            f"best_val_{tp.metric}": best["value"],
+            f"best_val_{tp.metric}": best.value,
             "n_trials": len(trials),
             "n_complete": states.count("COMPLETE"),
             "n_pruned": states.count("PRUNED"),
             "n_failed": states.count("FAIL"),
-            "best_trial": best["number"],
-            "best_epoch": trials[best["number"]].user_attrs.get("best_epoch"),
+            "n_recovered": len(recovered),
+            "best_trial": best.number,
+            "best_epoch": best.user_attrs.get("best_epoch"),
             "trial_epochs": int(sum(t.user_attrs.get("epochs_run", len(t.intermediate_values)) for t in trials)),
         }
         mlflow.log_metrics({k: float(v) for k, v in summary_metrics.items() if v is not None})
-        mlflow.log_params({f"best.{k}": v for k, v in trials[best["number"]].params.items()})
+        mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
         config = {
             "task": args.task,
-            "modality": modality.name,
+            "modality": strategy.modality.name,
             "labels": labels,
             "spec": spec,
             "strategy": tp.strategy,
-            "feature_dim": int(best["model"].backbone.feature_dim),
-            "head": {"hidden": int(trials[best["number"]].params["head_hidden"]),
-                     "dropout": float(trials[best["number"]].params["dropout"])},
+            "feature_dim": int(model.backbone.feature_dim),
+            "head": {"hidden": int(best.params["head_hidden"]), "dropout": float(best.params["dropout"])},
         }
         with atomic_path(args.model_dir) as tmp_dir:
-            save_classifier(tmp_dir, best["model"], config)
+            save_classifier(tmp_dir, model, config)
+        for path in (study_dir / "checkpoints").glob("trial-*.safetensors"):
+            if path != checkpoint_path(study_dir, best.number):
+                path.unlink()
         write_json(args.summary, {
             "run_id": parent.info.run_id,
             "experiment_id": parent.info.experiment_id,
             "study_name": name,
-            "best_params": trials[best["number"]].params,
+            "best_params": best.params,
             "train_data_md5": data_md5,
             **summary_metrics,
         })

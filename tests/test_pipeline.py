@@ -37,6 +37,8 @@ def test_repro_builds_and_registers_both_tasks(built):
         evaluation = json.loads((repo / "metrics" / task / "eval.json").read_text())
         assert {"accuracy", "macro_f1", "weighted_f1", "roc_auc", "log_loss", "per_class"} <= set(evaluation)
         assert (repo / "plots" / task / "confusion_matrix.png").stat().st_size > 1000
+        card = (repo / "models" / task / "model_card.md").read_text()
+        assert f"# Model card: {task}-classifier v1" in card and registered["data_md5"] in card
         train = json.loads((repo / "metrics" / task / "train.json").read_text())
         assert train["n_trials"] == 3 and train["n_complete"] >= 1
 

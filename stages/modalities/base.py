@@ -38,6 +38,10 @@ class Modality:
         """Summary numbers (lengths or sizes) for quality metrics."""
         raise NotImplementedError
 
+    def near_duplicate_pairs(self, payloads: Sequence[Any], params: Any) -> tuple[Any, Any]:
+        """Verified near-duplicate pairs of normalised payloads: `(pairs (n, 2) int array, similarity (n,))`."""
+        raise NotImplementedError
+
     # ---- augment
     def augment_params(self, values: dict[str, Any]) -> Any:
         raise NotImplementedError
@@ -65,6 +69,10 @@ class Modality:
 
     def save_backbone_files(self, backbone: Any, model_dir: Path) -> None:
         """Write what `build_backbone(pretrained=False, model_dir=...)` needs besides weights."""
+
+    def lora_targets(self, spec: dict[str, Any]) -> list[str]:
+        """Module names that take LoRA adapters; empty where the strategy does not apply."""
+        return []
 
     def decode_input(self, value: Any) -> Any:
         """Turn one serving input value (str text, or image bytes) into a payload for `to_batch`."""

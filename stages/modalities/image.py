@@ -19,11 +19,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
+class ImageNearDupParams:
+    max_distance: int                # pHash Hamming distance (of 64 bits) that still counts as a near duplicate
+    min_correlation: float           # and the 16x16 thumbnails must correlate at least this much
+
+
+@dataclass(frozen=True)
 class ImageCleanParams:
     mode: str
     size: int
     min_side: int
+    max_side: int
     max_pixels: int
+    formats: list[str]               # PIL format names accepted, e.g. PNG, JPEG
+    near_duplicates: ImageNearDupParams
 
 
 @dataclass(frozen=True)
@@ -41,14 +50,20 @@ def encode_png(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def decode_image(payload: bytes, *, max_pixels: int) -> tuple[Any, str | None]:
-    """Decode and fully load an image; return `(image, None)` or `(None, reason)`."""
+def decode_image(payload: bytes, *, max_pixels: int, formats: Sequence[str] | None = None) -> tuple[Any, str | None]:
+    """Decode and fully load an image; return `(image, None)` or `(None, reason)`.
+
+    The format and pixel count come from the header, so a disallowed or oversized file is refused
+    before any pixel is decoded.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if not payload:
         return None, "empty_file"
     try:
         with Image.open(io.BytesIO(payload)) as probe:
+            if formats is not None and probe.format not in formats:
+                return None, "format_not_allowed"
             width, height = probe.size
             if width * height > max_pixels:
                 return None, "too_many_pixels"
@@ -79,11 +94,13 @@ class ImageModality(Modality):
 
         if not isinstance(payload, (bytes, bytearray)):
             return None, "not_bytes"
-        image, reason = decode_image(bytes(payload), max_pixels=params.max_pixels)
+        image, reason = decode_image(bytes(payload), max_pixels=params.max_pixels, formats=params.formats)
         if reason:
             return None, reason
         if min(image.size) < params.min_side:
             return None, "too_small"
+        if max(image.size) > params.max_side:
+            return None, "too_large"
         image = ImageOps.exif_transpose(image).convert(params.mode)
         if image.size != (params.size, params.size):
             image = image.resize((params.size, params.size), Image.Resampling.BILINEAR)
@@ -100,6 +117,12 @@ class ImageModality(Modality):
     def describe(self, payloads: Sequence[bytes]) -> dict[str, float]:
         sizes = [len(p) for p in payloads] or [0]
         return {"png_bytes_min": min(sizes), "png_bytes_median": float(statistics.median(sizes)), "png_bytes_max": max(sizes)}
+
+    def near_duplicate_pairs(self, payloads: Sequence[bytes], params: ImageCleanParams) -> tuple[Any, Any]:
+        from stages.dedup import image_near_duplicates
+
+        nd = params.near_duplicates
+        return image_near_duplicates(list(payloads), max_distance=nd.max_distance, min_correlation=nd.min_correlation)
 
     def augment_params(self, values: dict[str, Any]) -> ImageAugmentParams:
         return build(ImageAugmentParams, values, "augment.by_modality.image")

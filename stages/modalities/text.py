@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import random
 import re
 import statistics
@@ -20,12 +21,32 @@ _WHITESPACE = re.compile(r"\s+")
 # Cc (controls) and Cf (format chars such as zero-width spaces) carry no meaning for a classifier;
 # tabs and newlines are controls too but are whitespace, which the collapse step handles.
 _DROP_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn"}
+# Control characters other than tab/newline/CR: a few are noise, many mean binary junk in a text column
+_BINARY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Only real tags, comments and script/style blocks: "a < b and c > d" is text, not markup
+_MARKUP_BLOCK = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
+_MARKUP_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9:-]*(\s[^<>]*)?/?>")
+_ENTITY = re.compile(r"&(#\d+|#x[0-9a-fA-F]+|[A-Za-z]+);")
+
+
+@dataclass(frozen=True)
+class TextNearDupParams:
+    ngram: int                       # byte n-grams; char 5-grams keep one-word edits of short texts detectable
+    num_perm: int
+    bands: int
+    threshold: float                 # exact Jaccard a candidate pair must reach
+    seed: int
 
 
 @dataclass(frozen=True)
 class TextCleanParams:
     min_chars: int
     max_chars: int
+    fix_encoding: bool               # repair mojibake (UTF-8 read as cp1252 and the like) with ftfy
+    strip_markup: bool               # drop HTML/XML tags, comments, script/style blocks; unescape entities
+    max_control_fraction: float      # any NUL, or more other control characters than this: binary_content
+    max_replacement_fraction: float  # more U+FFFD than this after repair: undecodable
+    near_duplicates: TextNearDupParams
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,21 @@ def normalise_text(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
+def strip_markup(text: str) -> str:
+    """Remove markup (tags, comments, script/style blocks) and unescape entities; plain text passes unchanged."""
+    if "<" not in text and "&" not in text:
+        return text
+    text = _MARKUP_TAG.sub(" ", _MARKUP_BLOCK.sub(" ", text))
+    return html.unescape(text) if _ENTITY.search(text) else text
+
+
+def repair_encoding(text: str) -> str:
+    """Undo mojibake such as 'cafÃ©' -> 'café'; text that is not mojibake comes back unchanged."""
+    import ftfy
+
+    return ftfy.fix_encoding(text)
+
+
 def swap_delete(text: str, rng: random.Random, *, swap_prob: float, delete_prob: float) -> str:
     """Randomly delete words, then swap word pairs; never returns an empty string."""
     words = text.split(" ")
@@ -80,7 +116,15 @@ class Text(Modality):
     def normalise(self, payload: Any, params: TextCleanParams) -> tuple[str | None, str | None]:
         if not isinstance(payload, str):
             return None, "not_text"
-        text = normalise_text(payload)
+        # a NUL never occurs in real text; other controls are tolerated up to a fraction (they are dropped below)
+        if "\x00" in payload or len(_BINARY_CONTROL.findall(payload)) > params.max_control_fraction * len(payload):
+            return None, "binary_content"
+        text = repair_encoding(payload) if params.fix_encoding else payload
+        if text and text.count("\ufffd") > params.max_replacement_fraction * len(text):
+            return None, "undecodable"
+        if params.strip_markup:
+            text = strip_markup(text)
+        text = normalise_text(text)
         if not text:
             return None, "empty"
         if len(text) < params.min_chars:
@@ -99,6 +143,13 @@ class Text(Modality):
             "chars_median": float(statistics.median(lengths)),
             "chars_max": max(lengths),
         }
+
+    def near_duplicate_pairs(self, payloads: Sequence[str], params: TextCleanParams) -> tuple[Any, Any]:
+        from stages.dedup import text_near_duplicates
+
+        nd = params.near_duplicates
+        return text_near_duplicates(list(payloads), ngram=nd.ngram, num_perm=nd.num_perm, bands=nd.bands,
+                                    threshold=nd.threshold, seed=nd.seed)
 
     def augment_params(self, values: dict[str, Any]) -> TextAugmentParams:
         return build(TextAugmentParams, values, "augment.by_modality.text")
@@ -154,6 +205,9 @@ class Text(Modality):
     def save_backbone_files(self, backbone: Any, model_dir: Path) -> None:
         backbone.encoder.config.save_pretrained(model_dir / "backbone")
         backbone.tokenizer.save_pretrained(model_dir / "backbone")
+
+    def lora_targets(self, spec: dict[str, Any]) -> list[str]:
+        return list(spec.get("lora_targets") or [])
 
     def decode_input(self, value: Any) -> str:
         return normalise_text(value if isinstance(value, str) else decode_text(bytes(value))[0])

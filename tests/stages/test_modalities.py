@@ -13,6 +13,7 @@ from stages.common import StageError
 from stages.modalities import MODALITIES, Modality, get_modality, register, task_modality
 from stages.modalities.image import decode_image
 from stages.modalities.text import decode_text, normalise_text, swap_delete
+from tests.stages.test_clean import TEXT_VALUES, image_values
 
 TEXT = get_modality("text")
 IMAGE = get_modality("image")
@@ -53,8 +54,10 @@ def test_task_modality_errors_name_the_params_key():
 
 @pytest.mark.parametrize(
     ("modality", "values", "key"),
-    [(TEXT, {"min_chars": 1}, "max_chars"), (TEXT, {"min_chars": 1, "max_chars": 2, "typo": 3}, "typo"),
-     (IMAGE, {"mode": "L", "size": 8, "min_side": 1}, "max_pixels")],
+    [(TEXT, {"min_chars": 1}, "max_chars"), (TEXT, {**TEXT_VALUES, "typo": 3}, "typo"),
+     (TEXT, {**TEXT_VALUES, "near_duplicates": {"ngram": 5}}, "num_perm"),
+     (IMAGE, {"mode": "L", "size": 8, "min_side": 1}, "max_side"),
+     (IMAGE, {k: v for k, v in image_values().items() if k != "formats"}, "formats")],
 )
 def test_clean_params_fail_with_the_key_name(modality, values, key):
     with pytest.raises(StageError, match=key):
@@ -101,7 +104,7 @@ def test_decode_text_records_the_encoding(raw, text, encoding):
 
 
 def test_text_normalise_returns_reasons():
-    params = TEXT.clean_params({"min_chars": 3, "max_chars": 5})
+    params = TEXT.clean_params({**TEXT_VALUES, "min_chars": 3, "max_chars": 5})
     assert TEXT.normalise("  abc ", params) == ("abc", None)
     assert TEXT.normalise("ab", params) == (None, "too_short")
     assert TEXT.normalise("abcdef", params) == (None, "too_long")
@@ -157,7 +160,7 @@ def test_text_decode_input_normalises():
 
 # ---------------------------------------------------------------- image
 
-CLEAN = {"mode": "L", "size": 16, "min_side": 8, "max_pixels": 10_000}
+CLEAN = image_values()
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -212,7 +215,7 @@ def test_image_normalise_applies_exif_orientation():
     exif[0x0112] = 6
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", exif=exif)
-    params = IMAGE.clean_params({"mode": "L", "size": 20, "min_side": 8, "max_pixels": 10_000})
+    params = IMAGE.clean_params(image_values(size=20))
     payload, reason = IMAGE.normalise(buffer.getvalue(), params)
     assert reason is None
     with Image.open(io.BytesIO(payload)) as out:
@@ -276,11 +279,11 @@ def test_image_augment_of_nothing_is_nothing():
 
 
 def test_decompression_bomb_is_too_many_pixels():
-    params = IMAGE.clean_params({"mode": "L", "size": 28, "min_side": 8, "max_pixels": 50_000_000})
+    params = IMAGE.clean_params(image_values(size=28, max_pixels=50_000_000, max_side=100_000))
     assert IMAGE.normalise(_png_header_only(20_000, 20_000), params) == (None, "too_many_pixels")
 
 
 def test_header_only_image_over_the_cap_is_too_many_pixels():
     # below PIL's own bomb limit the stage's cap is what rejects it, before any pixel is decoded
-    params = IMAGE.clean_params({"mode": "L", "size": 28, "min_side": 8, "max_pixels": 1_000_000})
+    params = IMAGE.clean_params(image_values(size=28, max_pixels=1_000_000, max_side=100_000))
     assert IMAGE.normalise(_png_header_only(2_000, 1_000), params) == (None, "too_many_pixels")

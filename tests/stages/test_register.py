@@ -25,3 +25,41 @@ def test_decide(candidate, champion, margin, alias):
 
 def test_model_name_template():
     assert model_name(RegisterParams("{task}-classifier", "macro_f1", 0.0), "news") == "news-classifier"
+
+
+def test_gate_refuses_comparison_on_different_test_data():
+    assert decide(0.99, 0.50, min_improvement=0.0, same_test_data=False).alias == "challenger"
+
+
+def test_gate_never_promotes_when_data_checks_failed():
+    assert decide(0.99, None, min_improvement=0.0, checks_passed=False).alias == "challenger"
+
+
+@pytest.mark.parametrize("split_metrics,passed", [
+    ({"leakage": {"exact": 0, "near_duplicate": 0, "group": 0}}, True),
+    ({"leakage": {"exact": 0, "near_duplicate": 2}}, False),
+    ({"contract_violations": 1}, False),
+    ({}, True),
+])
+def test_data_checks_passed(split_metrics, passed):
+    from stages.register import data_checks_passed
+
+    assert data_checks_passed(split_metrics)[0] is passed
+
+
+def test_model_card_covers_data_study_metrics_and_limitations():
+    from stages.register import Decision, render_card
+
+    card = render_card(
+        name="news-classifier", version=3, task="news", modality="text", labels=["a", "b"],
+        summary={"train_data_md5": "abc123", "study_name": "news-abc", "n_trials": 5, "n_complete": 3, "n_pruned": 2,
+                 "n_failed": 0, "best_trial": 1, "best_epoch": 4, "best_params": {"lr": 0.01}},
+        evaluation={"accuracy": 0.9, "macro_f1": 0.85, "test_digest": "feed",
+                    "per_class": {"a": {"precision": 1.0, "recall": 0.8, "f1-score": 0.89, "support": 5},
+                                  "b": {"precision": 0.7, "recall": 1.0, "f1-score": 0.82, "support": 3}}},
+        data={"hashes": {"dvc.split.split.parquet": "d41d"}, "rows_per_split": {"test": 8}, "sources": ["pypi:x"],
+              "licenses": ["MIT"]},
+        decision=Decision("champion", "no champion yet"))
+    for needle in ("news-classifier v3", "abc123", "feed", "d41d", "MIT", "pypi:x", "3 complete, 2 pruned",
+                   "| macro_f1 | 0.8500 |", "| b | 0.7000 |", "Weakest class: `b`", "Known limitations"):
+        assert needle in card, needle

@@ -106,15 +106,17 @@ def test_unknown_strategy_and_pruner_fail_with_the_key():
 
 def test_study_name_is_deterministic_and_tracks_space():
     class P:
-        strategy, metric = "head", "macro_f1"
+        strategy, metric, patience, model = "head", "macro_f1", 3, {}
+        pruner = PrunerParams("median", 1, 1)
         search = {"head": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}}
 
     class Q(P):
         search = {"head": {"lr": {"type": "float", "low": 1e-5, "high": 1e-2}}}
 
-    assert study_name("news", "abcdef0123", P) == study_name("news", "abcdef0123", P)
-    assert study_name("news", "abcdef0123", P) != study_name("news", "abcdef0123", Q)
-    assert study_name("news", "abcdef0123", P) != study_name("news", "99cdef0123", P)
+    assert study_name("news", "abcdef0123", P, 1) == study_name("news", "abcdef0123", P, 1)
+    assert study_name("news", "abcdef0123", P, 1) != study_name("news", "abcdef0123", Q, 1)
+    assert study_name("news", "abcdef0123", P, 1) != study_name("news", "99cdef0123", P, 1)
+    assert study_name("news", "abcdef0123", P, 1) != study_name("news", "abcdef0123", P, 2)
 
 
 def _text_data() -> SplitData:
