@@ -24,8 +24,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from stages.model import batched_forward, to_device
     from stages.modalities import get_modality
+    from stages.model import batched_forward, to_device
     from tests.conftest import png_bytes
 
     torch.set_num_threads(args.threads)

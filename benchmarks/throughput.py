@@ -57,8 +57,8 @@ def matmul_gflops(dtype, device, *, n: int, reps: int) -> float:
 
 
 def build_model(device):
-    from stages.model import Classifier, make_head
     from stages.modalities import get_modality
+    from stages.model import Classifier, make_head
 
     backbone = get_modality("text").build_backbone(SPEC, pretrained=True)
     return Classifier(backbone, make_head(backbone.feature_dim, N_CLASSES, hidden=0, dropout=0.1)).to(device)

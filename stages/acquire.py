@@ -9,7 +9,6 @@ acquired_at` and a metrics JSON with row counts.
 
 from __future__ import annotations
 
-import argparse
 import calendar
 import gzip
 import hashlib
@@ -29,7 +28,17 @@ from typing import Any
 
 import pandas as pd
 
-from stages.common import StageError, build, content_id, load_params, run_main, task_params, write_json, write_parquet
+from stages.common import (
+    StageError,
+    build,
+    content_id,
+    load_params,
+    run_main,
+    stage_parser,
+    task_params,
+    write_json,
+    write_parquet,
+)
 from stages.modalities import Modality, task_modality
 
 
@@ -426,11 +435,7 @@ def acquire(items: Sequence[Item], *, modality: Modality, source_name: str, lice
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("task")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--metrics", required=True)
-    args = parser.parse_args(argv)
+    args = stage_parser(__doc__, inp=False).parse_args(argv)
 
     params = load_params()
     task = task_params(params, args.task)

@@ -6,15 +6,23 @@ train row with a new `id`, `parent_id` pointing at the original and `augmented=T
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from stages.common import StageError, build, content_id, load_params, read_parquet, run_main, write_json, write_parquet
-from stages.modalities import Modality, task_modality
+from stages.common import (
+    build,
+    content_id,
+    load_params,
+    read_parquet,
+    run_main,
+    stage_parser,
+    write_json,
+    write_parquet,
+)
+from stages.modalities import Modality, modality_section, task_modality
 
 
 @dataclass(frozen=True)
@@ -42,20 +50,13 @@ def augment(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, co
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("task")
-    parser.add_argument("--in", dest="inp", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--metrics", required=True)
-    args = parser.parse_args(argv)
+    args = stage_parser(__doc__).parse_args(argv)
 
     params = load_params()
     ap = build(AugmentParams, params.get("augment"), "augment")
     modality = task_modality(params, args.task)
-    if modality.name not in ap.by_modality:
-        raise StageError(f"params.yaml: augment.by_modality.{modality.name}: missing key")
     frame = read_parquet(args.inp)
-    out = augment(frame, modality, modality.augment_params(ap.by_modality[modality.name]),
+    out = augment(frame, modality, modality.augment_params(modality_section(ap.by_modality, modality, "augment.by_modality")),
                   copies=ap.copies, seed=params["base"]["seed"])
     from stages.contracts import check  # data contract at the augment -> train boundary
     check(out, "augmented", where=args.out)

@@ -13,7 +13,6 @@ clusters whose representative is the smallest id. `near_dedup: quarantine` drops
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +27,12 @@ from stages.common import (
     quarantine_counts,
     read_parquet,
     run_main,
+    stage_parser,
     write_json,
     write_parquet,
 )
 from stages.dedup import clusters as cluster_roots
-from stages.modalities import Modality, task_modality
+from stages.modalities import Modality, modality_section, task_modality
 
 NEAR_DEDUP_MODES = ("quarantine", "mark", "off")
 
@@ -159,21 +159,12 @@ def _class_balance(kept: pd.DataFrame) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("task")
-    parser.add_argument("--in", dest="inp", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--quarantine", required=True)
-    parser.add_argument("--metrics", required=True)
-    parser.add_argument("--report", help="folder for the quality report (quality.md, quality.png)")
-    args = parser.parse_args(argv)
+    args = stage_parser(__doc__, quarantine=True, report=True).parse_args(argv)
 
     params = load_params()
     cp = build(CleanParams, params.get("clean"), "clean")
     modality = task_modality(params, args.task)
-    if modality.name not in cp.by_modality:
-        raise StageError(f"params.yaml: clean.by_modality.{modality.name}: missing key")
-    modality_values = cp.by_modality[modality.name]
+    modality_values = modality_section(cp.by_modality, modality, "clean.by_modality")
     frame = read_parquet(args.inp)
     if modality.payload_column not in frame.columns:
         raise StageError(f"{args.inp}: column {modality.payload_column!r} missing for modality {modality.name!r}")

@@ -187,6 +187,25 @@ def quarantine_counts(quarantine: Any) -> dict[str, int]:
 # ---------------------------------------------------------------- entry points
 
 
+def stage_parser(doc: str, *, inp: bool = True, out: bool = True, quarantine: bool = False,
+                 report: bool = False) -> Any:
+    """The arguments a data stage takes: its task, then the paths dvc.yaml passes it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("task")
+    if inp:
+        parser.add_argument("--in", dest="inp", required=True)
+    if out:
+        parser.add_argument("--out", required=True)
+    if quarantine:
+        parser.add_argument("--quarantine", required=True)
+    parser.add_argument("--metrics", required=True)
+    if report:
+        parser.add_argument("--report", help="folder for the quality report (quality.md, quality.png)")
+    return parser
+
+
 def offline_env() -> None:
     """Stages never reach a model hub; set before transformers is imported."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

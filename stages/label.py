@@ -349,7 +349,7 @@ def label(frame: pd.DataFrame, task: TaskLabels, params: LabelParams, *, payload
 def read_annotation_folder(folder: Path) -> ann.Parsed:
     """Every annotation file under `folder` (name order); notes (`*.md`, `*.txt`) and dotfiles are skipped."""
     if not folder.is_dir():
-        raise StageError(f"{folder}: annotations folder not found (create it and run: dvc add {folder})")
+        raise StageError(f"{folder}: annotations folder not found (create it, e.g. with a README.md, and commit it)")
     files = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)

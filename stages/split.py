@@ -20,7 +20,6 @@ two splits; any overlap stops the stage with one line.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from stages.common import (
     quarantine_counts,
     read_parquet,
     run_main,
+    stage_parser,
     task_params,
     write_json,
     write_parquet,
@@ -263,14 +263,7 @@ def _fail_on_leakage(kept: pd.DataFrame, leaks: dict[str, list[Any]], group_colu
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("task")
-    parser.add_argument("--in", dest="inp", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--quarantine", required=True)
-    parser.add_argument("--metrics", required=True)
-    parser.add_argument("--report", help="folder for the quality report (quality.md, quality.png)")
-    args = parser.parse_args(argv)
+    args = stage_parser(__doc__, quarantine=True, report=True).parse_args(argv)
 
     params = load_params()
     sp = build(SplitParams, params.get("split"), "split")

@@ -39,7 +39,18 @@ import pandas as pd
 import torch
 from torch import nn
 
-from stages.common import StageError, atomic_path, build, file_md5, load_params, read_parquet, run_main, task_params, write_json
+from stages.common import (
+    StageError,
+    atomic_path,
+    build,
+    file_md5,
+    load_params,
+    read_parquet,
+    run_main,
+    task_params,
+    write_json,
+)
+from stages.modalities import Modality, task_modality
 from stages.model import (
     Classifier,
     autocast,
@@ -50,7 +61,6 @@ from stages.model import (
     save_classifier,
     to_device,
 )
-from stages.modalities import Modality, task_modality
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 

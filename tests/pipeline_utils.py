@@ -27,14 +27,10 @@ def copy_repo(dest: Path) -> Path:
             shutil.copy2(item, dest / item.name)
     for sub in ("data", "models"):
         (dest / sub).mkdir(exist_ok=True)
-    # The label stage depends on the DVC-tracked data/<task>/annotations; carry them with their .dvc files
-    # (and the .gitignore that keeps them out of git), but no pipeline output.
+    # The label stage depends on data/<task>/annotations (git keeps the folder; annotation files in it are
+    # `dvc add`-ed one by one): carry the folders, but no pipeline output.
     for folder in sorted(REPO.glob("data/*/annotations")):
-        task_dir = dest / "data" / folder.parent.name
-        shutil.copytree(folder, task_dir / "annotations")
-        for name in ("annotations.dvc", ".gitignore"):
-            if (folder.parent / name).is_file():
-                shutil.copy2(folder.parent / name, task_dir / name)
+        shutil.copytree(folder, dest / "data" / folder.parent.name / "annotations")
     run(["git", "init", "-q"], dest)
     return dest
 

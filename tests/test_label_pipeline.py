@@ -56,7 +56,7 @@ def test_importing_annotations_changes_lock_and_registered_model(built):
                                             "value": {"choices": [flip[row.label]]}}]}]}
               for n, row in enumerate(labeled.itertuples(), start=1)]
     (repo / "data/spam/annotations/label-studio-export.json").write_text(json.dumps(export))
-    dvc(["add", "data/spam/annotations"], repo)
+    dvc(["add", "data/spam/annotations/label-studio-export.json"], repo)
 
     second = dvc(["repro"], repo)
     assert {"label@spam", "split@spam", "train@spam", "register@spam"} <= stages_run(second.stdout)
@@ -79,4 +79,4 @@ def test_importing_annotations_changes_lock_and_registered_model(built):
     metrics = json.loads((repo / "metrics/spam/label.json").read_text())
     assert metrics["annotations"]["accepted"] == 6 and metrics["annotations"]["labels_changed_from_source"] == 6
     # the feature cache was kept (persist) and reused: only the classifier reran
-    assert (repo / "data/spam/label.features.npz").is_file()
+    assert (repo / ".cache/label/spam.npz").is_file()

@@ -156,7 +156,7 @@ def parse_csv(name: str, text: str) -> Parsed:
 
 PARSERS = {".json": parse_label_studio, ".csv": parse_csv}
 # Files in the annotations folder that are not annotations: notes for people, and DVC/git placeholders.
-IGNORED_SUFFIXES = {".md", ".txt"}
+IGNORED_SUFFIXES = {".md", ".txt", ".dvc"}
 
 
 def parse_files(files: Sequence[tuple[str, str]]) -> Parsed:

@@ -38,7 +38,16 @@ def get_modality(name: str) -> Modality:
         raise ValueError(f"unknown modality {name!r}; known: {sorted(MODALITIES)}") from None
 
 
-__all__ = ["MODALITIES", "Modality", "get_modality", "register", "task_modality"]
+__all__ = ["MODALITIES", "Modality", "get_modality", "modality_section", "register", "task_modality"]
+
+
+def modality_section(sections: dict[str, Any], modality: Modality, where: str) -> Any:
+    """`sections[modality.name]` from a params `by_modality` mapping, failing with the dotted key."""
+    from stages.common import StageError
+
+    if modality.name not in sections:
+        raise StageError(f"params.yaml: {where}.{modality.name}: missing key")
+    return sections[modality.name]
 
 
 def task_modality(params: dict[str, Any], task: str) -> Modality:

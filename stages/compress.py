@@ -1,0 +1,117 @@
+"""compress: int8 dynamic quantisation and magnitude pruning of the trained model, re-evaluated on test.
+
+Reads the augmented table (test rows) and the model folder. Prunes the smallest-magnitude
+`sparsity` fraction of every Linear weight, quantises Linear layers to int8 (dynamic), and writes a
+metrics JSON comparing the compressed model with the original: serialised size, test latency and
+test macro-F1 / accuracy. The same figures are logged to the training run.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from stages.common import StageError, build, load_params, read_parquet, run_main, stage_parser, write_json
+
+
+@dataclass(frozen=True)
+class CompressParams:
+    sparsity: float
+    quantize: bool
+    batch_size: int
+
+
+def compress(model: nn.Module, *, sparsity: float, quantize: bool) -> nn.Module:
+    """A pruned (L1, unstructured) and optionally int8-quantised copy of `model`, for CPU inference."""
+    from torch.nn.utils import prune
+
+    if not 0.0 <= sparsity < 1.0:
+        raise StageError(f"params.yaml: compress.sparsity: {sparsity} must be in [0, 1)")
+    compressed = copy.deepcopy(model).cpu().eval()
+    if sparsity > 0:
+        for module in compressed.modules():
+            if isinstance(module, nn.Linear):
+                prune.l1_unstructured(module, "weight", amount=sparsity)
+                prune.remove(module, "weight")
+    if quantize:
+        with warnings.catch_warnings():  # torch marks eager-mode quantisation deprecated, it still works
+            warnings.simplefilter("ignore")
+            compressed = torch.ao.quantization.quantize_dynamic(compressed, {nn.Linear}, dtype=torch.qint8)
+    return compressed
+
+
+def serialized_bytes(model: nn.Module) -> int:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+def timed_predict(model: nn.Module, modality: Any, spec: dict[str, Any], payloads: list[Any], *,
+                  batch_size: int) -> tuple[np.ndarray, float]:
+    """Class probabilities in fp32 on CPU (int8 kernels do not run under autocast) and the wall time."""
+    from stages.model import to_device
+
+    outputs = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(payloads), batch_size):
+            batch = to_device(modality.to_batch(payloads[i:i + batch_size], spec, model.backbone), torch.device("cpu"))
+            outputs.append(torch.softmax(model(batch).float(), 1).numpy())
+    return np.concatenate(outputs), time.perf_counter() - start
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__, out=False)
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--summary", required=True, help="training summary JSON (MLflow run id)")
+    args = parser.parse_args(argv)
+
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from stages import tracking
+    from stages.model import load_classifier
+
+    params = load_params()
+    cp = build(CompressParams, params.get("compress"), "compress")
+    frame = read_parquet(args.inp)
+    test = frame[frame["split"] == "test"].sort_values("id", kind="stable")
+    if test.empty:
+        raise StageError(f"{args.inp}: field 'split': no test rows")
+    model, config, modality = load_classifier(Path(args.model_dir))
+    payloads = list(test[modality.payload_column])
+    y_true = test["label"].map({lab: i for i, lab in enumerate(config["labels"])}).to_numpy()
+    small = compress(model, sparsity=cp.sparsity, quantize=cp.quantize)
+    result: dict[str, Any] = {"sparsity": cp.sparsity, "quantize": cp.quantize, "n_test": len(test)}
+    for name, candidate in (("original", model.cpu().eval()), ("compressed", small)):
+        proba, seconds = timed_predict(candidate, modality, config["spec"], payloads, batch_size=cp.batch_size)
+        pred = proba.argmax(1)
+        result[name] = {"bytes": serialized_bytes(candidate), "latency_ms_per_item": 1000 * seconds / len(test),
+                        "accuracy": float(accuracy_score(y_true, pred)),
+                        "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0))}
+    result["size_ratio"] = result["compressed"]["bytes"] / result["original"]["bytes"]
+    result["speedup"] = result["original"]["latency_ms_per_item"] / result["compressed"]["latency_ms_per_item"]
+    result["macro_f1_delta"] = result["compressed"]["macro_f1"] - result["original"]["macro_f1"]
+    write_json(args.metrics, result)
+    summary = json.loads(Path(args.summary).read_text())
+    with tracking.resume(params, summary["run_id"]):
+        import mlflow
+
+        mlflow.log_metrics({f"compress.{k}": v for k, v in result.items() if isinstance(v, float)})
+        mlflow.log_dict(result, "compress/compress.json")
+    print(f"compress {args.task}: size x{result['size_ratio']:.2f}, speed x{result['speedup']:.2f}, "
+          f"macro-F1 {result['original']['macro_f1']:.4f} -> {result['compressed']['macro_f1']:.4f}")
+
+
+if __name__ == "__main__":
+    run_main(main)
