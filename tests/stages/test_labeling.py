@@ -109,7 +109,7 @@ def test_annotation_folder_bad_file_is_a_one_line_error(tmp_path, name, content,
 
 
 def test_missing_annotation_folder_says_how_to_create_it(tmp_path):
-    with pytest.raises(StageError, match="annotations folder not found .*dvc add"):
+    with pytest.raises(StageError, match="annotations folder not found .*create it"):
         read_annotation_folder(tmp_path / "annotations")
 
 
