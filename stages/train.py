@@ -625,10 +625,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         tracking.log_lineage(args.task, args.inp, data_md5)
         tracking.log_dataset(read_parquet(args.inp), args.inp, data_md5)
-        mlflow.log_params({"strategy": tp.strategy, "n_trials": tp.n_trials, "n_workers": tp.n_workers,
-                           "metric": tp.metric, "patience": tp.patience, "pruner": tp.pruner.kind,
-                           "final_model": tp.final_model, "device": device.type, "study_name": name,
-                           **{f"model.{k}": v for k, v in spec.items()}})
+        # Params define the study (its name hashes them), so a resumed run logs the same values again;
+        # budget and placement can change between attempts, and MLflow params are immutable: those are tags.
+        mlflow.log_params({"strategy": tp.strategy, "metric": tp.metric, "patience": tp.patience,
+                           "pruner": tp.pruner.kind, "study_name": name, **{f"model.{k}": v for k, v in spec.items()}})
+        mlflow.set_tags({"n_trials": tp.n_trials, "n_workers": tp.n_workers, "final_model": tp.final_model,
+                         "device": device.type})
         mlflow.log_dict({"search": tp.search[tp.strategy]}, "search_space.json")
         if args.reports and Path(args.reports).is_dir():
             mlflow.log_artifacts(args.reports, "data_quality")
@@ -657,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "trial_epochs": int(sum(t.user_attrs.get("epochs_run", len(t.intermediate_values)) for t in trials)),
         }
         mlflow.log_metrics({k: float(v) for k, v in summary_metrics.items() if v is not None})
-        mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+        mlflow.set_tags({f"best.{k}": v for k, v in best.params.items()})  # the best trial can change on resume
         config = {
             "task": args.task,
             "modality": strategy.modality.name,

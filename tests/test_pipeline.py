@@ -28,7 +28,8 @@ def built(tmp_path_factory):
 def test_repro_builds_and_registers_both_tasks(built):
     repo, first = built
     assert stages_run(first.stdout) == {f"{s}@{t}" for t in TASKS for s in
-                                        ("acquire", "clean", "label", "split", "augment", "train", "evaluate", "register")}
+                                        ("acquire", "clean", "label", "split", "augment", "train", "evaluate",
+                                         "compress", "register")}
     for task in TASKS:
         registered = json.loads((repo / "models" / task / "registered.json").read_text())
         assert registered["name"] == f"{task}-classifier"
@@ -99,11 +100,11 @@ def test_second_repro_is_a_no_op(built):
     assert "up to date" in again.stdout
 
 
-def test_train_param_change_reruns_only_train_evaluate_register(built):
+def test_train_param_change_reruns_only_train_and_what_follows(built):
     repo, _ = built
     edit_params(repo, lambda p: p["train"].update(n_trials=4))
     rerun = dvc(["repro"], repo)
-    assert stages_run(rerun.stdout) == {f"{s}@{t}" for t in TASKS for s in ("train", "evaluate", "register")}
+    assert stages_run(rerun.stdout) == {f"{s}@{t}" for t in TASKS for s in ("train", "evaluate", "compress", "register")}
     for task in TASKS:
         registered = json.loads((repo / "models" / task / "registered.json").read_text())
         assert registered["version"] == 2
