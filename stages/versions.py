@@ -43,7 +43,7 @@ class DatasetVersion:
     tags: list[str]
     hashes: dict[str, str]  # DVC-cached output path -> md5, from dvc.lock at `rev`
     rows: dict[str, int]  # data stage -> rows it kept, from its committed metrics at `rev`
-    committed: list[str]  # the stage outputs git tracks at `rev` (metrics, registered.json)
+    committed: list[str]  # the stage outputs git tracks at `rev` (the metrics)
 
 
 @dataclass(frozen=True)
