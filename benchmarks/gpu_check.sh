@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# One short GPU check: a tiny MiniLM full fine-tune (seq 128) on CUDA with our bf16 loop and a plain fp32 loop,
-# printing samples/s, achieved TFLOP/s and MFU against the GPU's nominal dense bf16 peak (or the measured
-# matmul roofline when the GPU is not in the table below). About a minute on an H100/H200.
+# One short GPU check, about two minutes on an H100/H200:
+#  1. a tiny MiniLM full fine-tune (seq 128) on CUDA with our bf16 loop and a plain fp32 loop, printing samples/s,
+#     achieved TFLOP/s and MFU against the GPU's nominal dense bf16 peak (or the measured matmul roofline when the
+#     GPU is not in the table below);
+#  2. one short trial of each text strategy (head, lora, full) through stages.train's own classes on CUDA.
 #
 #   bash benchmarks/gpu_check.sh            # extra args go to benchmarks/throughput.py, e.g. --batch-size 128
 set -euo pipefail
@@ -24,5 +26,7 @@ case "$gpu" in
   *) peak= ;;
 esac
 echo "gpu_check: $gpu (nominal bf16 peak: ${peak:-unknown, MFU against the measured matmul roofline} TFLOP/s)"
-exec "$PY" benchmarks/throughput.py --device cuda --setups ours,plain --batch-size 64 --steps 20 --warmup 3 \
+"$PY" benchmarks/throughput.py --device cuda --setups ours,plain --batch-size 256 --steps 10 --warmup 3 \
   --threads 4 ${peak:+--peak-tflops "$peak"} "$@"
+echo
+"$PY" benchmarks/strategies_check.py --device cuda --n-train 2048 --n-val 256 --threads 4

@@ -1,6 +1,7 @@
 """Training throughput of one MiniLM full fine-tune (sequence length 128) in three setups, on identical data.
 
-- `ours bf16`: `stages.train.fit_epochs`, the loop every strategy trains with (AdamW, bf16 autocast, CUDA TF32).
+- `ours bf16`: `stages.train.fit_epochs`, the loop every strategy trains with (fused AdamW, bf16 autocast, CUDA
+  TF32, and on CPU the counter-based dropout of `stages/dropout.py`).
 - `plain fp32`: the textbook PyTorch loop, no autocast.
 - `hf trainer`: transformers' Trainer with default settings (fp32), and with `bf16=True` (`--trainer-bf16`).
 
@@ -9,7 +10,7 @@ so tokens/step are exact). The first `--warmup` steps are not timed. A large bf1
 the same run gives the roofline; achieved GFLOP/s use 6 x non-embedding params x tokens (embedding rows are
 gathered, not multiplied, and would inflate the count ~2x for MiniLM). Issue 5's target on CPU: ours >= 1.5x plain fp32.
 
-    .venv/bin/python benchmarks/throughput.py [--threads 2] [--batch-size 16] [--steps 4] [--device cpu|cuda]
+    .venv/bin/python benchmarks/throughput.py [--threads 2] [--batch-size 16] [--steps 4] [--repeats 3] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -171,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per setup")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per setup")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds; each round times every setup once (interleaved), the median is reported")
     parser.add_argument("--setups", default=",".join(SETUPS), help=f"comma-separated subset of {','.join(SETUPS)}")
     parser.add_argument("--trainer-bf16", action="store_true", help="also time the Trainer with bf16=True")
     parser.add_argument("--matmul-n", type=int, default=None, help="roofline matmul size (default 2048 CPU, 8192 CUDA)")
@@ -216,19 +220,25 @@ def main(argv: list[str] | None = None) -> None:
             runs["hf trainer bf16"] = ("bfloat16", lambda *a, **k: run_trainer(*a, **k, bf16=True))
 
     tf32 = torch.backends.cuda.matmul.allow_tf32
-    results = {}
-    for label, (dtype, fn) in runs.items():
-        # ours runs as stages.train does (TF32 on CUDA); the fp32 baselines keep true fp32 matmuls
-        torch.backends.cuda.matmul.allow_tf32 = label.startswith("ours") and device.type == "cuda"
-        model = copy.deepcopy(pristine).to(device)
-        results[label] = (dtype, fn(model, inputs, labels, batch_size=args.batch_size, steps=args.steps,
+    rounds: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(args.repeats):
+        # interleaved rounds, so a burst of load from elsewhere on a shared machine hits every setup alike
+        for label, (dtype, fn) in runs.items():
+            # ours runs as stages.train does (TF32 on CUDA); the fp32 baselines keep true fp32 matmuls
+            torch.backends.cuda.matmul.allow_tf32 = label.startswith("ours") and device.type == "cuda"
+            model = copy.deepcopy(pristine).to(device)
+            rounds[label].append(fn(model, inputs, labels, batch_size=args.batch_size, steps=args.steps,
                                     warmup=args.warmup, device=device))
-        del model
+            del model
     torch.backends.cuda.matmul.allow_tf32 = tf32
+    results = {label: (runs[label][0], statistics.median(values)) for label, values in rounds.items()}
+    if args.repeats > 1:
+        print("per round samples/s: " + "; ".join(f"{label} " + ", ".join(f"{v:.2f}" for v in values)
+                                                 for label, values in rounds.items()))
 
     peak = args.peak_tflops * 1e3 if args.peak_tflops else roof["bfloat16"]
     baseline = results.get("plain fp32", (None, None))[1]
-    print(f"\n{'setup':16} {'samples/s':>10} {'tokens/s':>10} {'GFLOP/s':>9} {'% of own-dtype roofline':>24} "
+    print(f"\n{'setup (median)':16} {'samples/s':>10} {'tokens/s':>10} {'GFLOP/s':>9} {'% of own-dtype roofline':>24} "
           f"{'MFU':>6} {'vs plain fp32':>14}")
     for label, (dtype, samples_s) in results.items():
         gflops = samples_s * flops_per_sample / 1e9

@@ -1,9 +1,12 @@
 """compress: int8 dynamic quantisation and magnitude pruning of the trained model, re-evaluated on test.
 
 Reads the augmented table (test rows) and the model folder. Prunes the smallest-magnitude
-`sparsity` fraction of every Linear weight, quantises Linear layers to int8 (dynamic), and writes a
-metrics JSON comparing the compressed model with the original: serialised size, test latency and
-test macro-F1 / accuracy. The same figures are logged to the training run.
+`sparsity` fraction of every Linear weight, quantises Linear layers to int8 (dynamic), and writes
+the compressed model folder (pruned weights in safetensors; `load_classifier` re-applies the int8
+quantisation, see stages/model.py) and a metrics JSON comparing the compressed model, as reloaded
+from that folder, with the original: in-memory serialised size, test latency and test macro-F1 /
+accuracy. The same figures are logged to the training run; `register` may register the folder as
+the compressed variant with its own alias.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import copy
 import io
 import json
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,23 +34,27 @@ class CompressParams:
     batch_size: int
 
 
-def compress(model: nn.Module, *, sparsity: float, quantize: bool) -> nn.Module:
-    """A pruned (L1, unstructured) and optionally int8-quantised copy of `model`, for CPU inference."""
+def prune_linear(model: nn.Module, *, sparsity: float) -> nn.Module:
+    """A copy of `model` with the smallest-magnitude `sparsity` fraction of every Linear weight set to zero."""
     from torch.nn.utils import prune
 
     if not 0.0 <= sparsity < 1.0:
         raise StageError(f"params.yaml: compress.sparsity: {sparsity} must be in [0, 1)")
-    compressed = copy.deepcopy(model).cpu().eval()
+    pruned = copy.deepcopy(model).cpu().eval()
     if sparsity > 0:
-        for module in compressed.modules():
+        for module in pruned.modules():
             if isinstance(module, nn.Linear):
                 prune.l1_unstructured(module, "weight", amount=sparsity)
                 prune.remove(module, "weight")
-    if quantize:
-        with warnings.catch_warnings():  # torch marks eager-mode quantisation deprecated, it still works
-            warnings.simplefilter("ignore")
-            compressed = torch.ao.quantization.quantize_dynamic(compressed, {nn.Linear}, dtype=torch.qint8)
-    return compressed
+    return pruned
+
+
+def compress(model: nn.Module, *, sparsity: float, quantize: bool) -> nn.Module:
+    """A pruned (L1, unstructured) and optionally int8-quantised copy of `model`, for CPU inference."""
+    from stages.model import quantize_int8
+
+    pruned = prune_linear(model, sparsity=sparsity)
+    return quantize_int8(pruned) if quantize else pruned
 
 
 def serialized_bytes(model: nn.Module) -> int:
@@ -75,12 +81,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__, out=False)
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--summary", required=True, help="training summary JSON (MLflow run id)")
+    parser.add_argument("--out-dir", required=True, help="where to write the compressed model folder")
     args = parser.parse_args(argv)
 
     from sklearn.metrics import accuracy_score, f1_score
 
     from stages import tracking
-    from stages.model import load_classifier
+    from stages.common import atomic_path
+    from stages.model import load_classifier, save_classifier
 
     params = load_params()
     cp = build(CompressParams, params.get("compress"), "compress")
@@ -91,7 +99,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     model, config, modality = load_classifier(Path(args.model_dir))
     payloads = list(test[modality.payload_column])
     y_true = test["label"].map({lab: i for i, lab in enumerate(config["labels"])}).to_numpy()
-    small = compress(model, sparsity=cp.sparsity, quantize=cp.quantize)
+    compression = {"sparsity": cp.sparsity, "quantize": cp.quantize}
+    with atomic_path(args.out_dir) as tmp_dir:
+        save_classifier(tmp_dir, prune_linear(model, sparsity=cp.sparsity), {**config, "compression": compression})
+    small, _, _ = load_classifier(Path(args.out_dir))  # measure exactly what serving will load
     result: dict[str, Any] = {"sparsity": cp.sparsity, "quantize": cp.quantize, "n_test": len(test)}
     for name, candidate in (("original", model.cpu().eval()), ("compressed", small)):
         proba, seconds = timed_predict(candidate, modality, config["spec"], payloads, batch_size=cp.batch_size)

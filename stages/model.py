@@ -2,6 +2,9 @@
 
 Saved as a folder: `classifier.json` (everything needed to rebuild the architecture),
 `model.safetensors` (all weights; never a pickle) and, for text, `backbone/` (config and tokenizer).
+A compressed model (`stages/compress.py`) stores its pruned weights the same way, with
+`"compression": {"sparsity": s, "quantize": true}` in `classifier.json`; loading applies the int8 dynamic
+quantisation again (deterministic given the weights), so no quantised tensor is ever pickled.
 """
 
 from __future__ import annotations
@@ -62,14 +65,29 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch.to(device, non_blocking=True)
 
 
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantisation of every Linear layer (CPU inference; weights int8, activations quantised on
+    the fly)."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch marks eager-mode quantisation deprecated; it still works
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model.cpu().eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+def is_int8(model: nn.Module) -> bool:
+    """True when `model` holds dynamically quantised layers: they run on CPU in fp32, never under autocast."""
+    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
+
+
 def batched_forward(fn: Any, modality: Modality, spec: dict[str, Any], payloads: Sequence[Any], backbone: nn.Module,
-                    *, batch_size: int, device: torch.device, desc: str | None = None) -> np.ndarray:
-    """Run `fn(batch)` over payloads in batches under bf16 autocast; return float32 numpy."""
+                    *, batch_size: int, device: torch.device, desc: str | None = None, amp: bool = True) -> np.ndarray:
+    """Run `fn(batch)` over payloads in batches under bf16 autocast (unless `amp` is off); return float32 numpy."""
     from tqdm.auto import tqdm
 
     outputs = []
     starts = range(0, len(payloads), batch_size)
-    with torch.inference_mode(), autocast(device):
+    with torch.inference_mode(), (autocast(device) if amp else contextlib.nullcontext()):
         for start in tqdm(starts, desc=desc, disable=desc is None, mininterval=5):
             batch = to_device(modality.to_batch(payloads[start:start + batch_size], spec, backbone), device)
             outputs.append(fn(batch).float().cpu().numpy())
@@ -80,9 +98,11 @@ def batched_forward(fn: Any, modality: Modality, spec: dict[str, Any], payloads:
 
 def predict_proba(classifier: Classifier, modality: Modality, spec: dict[str, Any], payloads: Sequence[Any], *,
                   batch_size: int, device: torch.device) -> np.ndarray:
+    amp = not is_int8(classifier)
+    device = device if amp else torch.device("cpu")
     classifier.eval().to(device)
     logits = batched_forward(classifier, modality, spec, list(payloads), classifier.backbone,
-                             batch_size=batch_size, device=device)
+                             batch_size=batch_size, device=device, amp=amp)
     return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
 
@@ -107,4 +127,6 @@ def load_classifier(model_dir: Path) -> tuple[Classifier, dict[str, Any], Modali
     head = make_head(config["feature_dim"], len(config["labels"]), **config["head"])
     classifier = Classifier(backbone, head)
     load_model(classifier, str(model_dir / WEIGHTS_FILE))
+    if config.get("compression", {}).get("quantize"):
+        return quantize_int8(classifier), config, modality
     return classifier.eval(), config, modality

@@ -5,6 +5,11 @@ Reads the model folder, the training summary and the evaluation metrics. Logs a 
 with the git commit and the DVC md5 of its training data, and moves alias `champion` to it only if
 its test macro-F1 beats the current champion's; otherwise it gets `challenger`.
 Writes `registered.json` with name, version, alias, run id and the decision's reason.
+
+With `register.compressed` on, the compress stage's model folder is registered too, as the next version
+of the same registered model with alias `<alias>-compressed` (e.g. `champion-compressed`) and tag
+`variant=compressed`, provided its test macro-F1 is no more than `max_compressed_f1_drop` below the
+uncompressed model's; `registered.json` records that version or why it was skipped.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ class RegisterParams:
     model_name: str
     promote_metric: str
     min_improvement: float
+    compressed: bool
+    max_compressed_f1_drop: float
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,17 @@ def render_card(*, name: str, version: int, task: str, modality: str, labels: li
     return "\n".join(lines) + "\n"
 
 
+def compressed_decision(compress_metrics: dict[str, Any], *, enabled: bool, max_drop: float) -> tuple[bool, str]:
+    """Whether to register the compressed variant, and why."""
+    if not enabled:
+        return False, "register.compressed is off"
+    delta = float(compress_metrics["macro_f1_delta"])
+    if -delta > max_drop:
+        return False, f"test macro-F1 drops {-delta:.4f}, more than register.max_compressed_f1_drop {max_drop:g}"
+    return True, (f"test macro-F1 {compress_metrics['compressed']['macro_f1']:.4f} ({delta:+.4f}), size "
+                  f"x{compress_metrics['size_ratio']:.2f}, CPU speed x{compress_metrics['speedup']:.2f}")
+
+
 def model_name(params: RegisterParams, task: str) -> str:
     return params.model_name.format(task=task)
 
@@ -136,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--summary", required=True)
     parser.add_argument("--eval", required=True)
     parser.add_argument("--split-metrics", required=True, help="the split stage's metrics (leakage/contract checks)")
+    parser.add_argument("--compressed-dir", required=True, help="the compress stage's model folder")
+    parser.add_argument("--compress-metrics", required=True, help="the compress stage's metrics JSON")
     parser.add_argument("--card", required=True, help="where to write the model card (Markdown)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -163,22 +183,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     test = frame[frame["split"] == "test"].sort_values("id", kind="stable")
     example = input_example(modality, test)
 
-    with tracking.resume(params, summary["run_id"]) as run:
+    def log_model(artifact_name: str, model_dir: str) -> Any:
         from stages.serving import ClassifierModel
 
         serving = ClassifierModel()
-        serving.load_context(type("Ctx", (), {"artifacts": {"model_dir": args.model_dir}})())
-        signature = infer_signature(example, serving.predict(None, example))
-        requirements = [f"{p}=={metadata.version(p)}" for p in SERVING_PACKAGES]
-        info = mlflow.pyfunc.log_model(
-            name="model",
+        serving.load_context(type("Ctx", (), {"artifacts": {"model_dir": model_dir}})())
+        return mlflow.pyfunc.log_model(
+            name=artifact_name,
             python_model=str(SERVING_FILE),
-            artifacts={"model_dir": args.model_dir},
+            artifacts={"model_dir": model_dir},
             code_paths=[str(Path(__file__).parent)],
-            signature=signature,
+            signature=infer_signature(example, serving.predict(None, example)),
             input_example=example,
-            pip_requirements=requirements,
+            pip_requirements=[f"{p}=={metadata.version(p)}" for p in SERVING_PACKAGES],
         )
+
+    compress_metrics = json.loads(Path(args.compress_metrics).read_text())
+    with tracking.resume(params, summary["run_id"]) as run:
+        info = log_model("model", args.model_dir)
         client = MlflowClient()
         tags = {"task": args.task, "data.md5": summary["train_data_md5"], "git.commit": tracking.git("rev-parse", "HEAD"),
                 "study": summary["study_name"], "test_digest": metrics.get("test_digest", ""),
@@ -207,6 +229,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         client.update_model_version(name, version.version, description=card)
         mlflow.set_tags({"registered_model": name, "registered_version": version.version})
 
+        register_small, small_reason = compressed_decision(compress_metrics, enabled=rp.compressed,
+                                                           max_drop=rp.max_compressed_f1_drop)
+        compressed: dict[str, Any] = {"registered": register_small, "reason": small_reason}
+        if register_small:
+            small_info = log_model("model_compressed", args.compressed_dir)
+            small_metric = float(compress_metrics["compressed"]["macro_f1"])
+            small_tags = {**tags, "variant": "compressed", "base_version": str(version.version),
+                          rp.promote_metric: f"{small_metric:.6f}",
+                          "compression": json.dumps({k: compress_metrics[k] for k in ("sparsity", "quantize")})}
+            small = mlflow.register_model(small_info.model_uri, name, tags=small_tags)
+            small_alias = f"{decision.alias}-compressed"
+            client.set_registered_model_alias(name, small_alias, small.version)
+            client.update_model_version(name, small.version, description=(
+                f"Compressed variant of v{version.version} (L1 pruning at sparsity {compress_metrics['sparsity']:g}"
+                f"{', int8 dynamic quantisation' if compress_metrics['quantize'] else ''}; CPU inference): "
+                f"{small_reason}.\n\n{card}"))
+            compressed.update(version=int(small.version), alias=small_alias, model_uri=f"models:/{name}/{small.version}",
+                              **{rp.promote_metric: small_metric})
+
     write_json(args.out, {
         "name": name,
         "version": int(version.version),
@@ -218,8 +259,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "test_digest": metrics.get("test_digest"),
         rp.promote_metric: candidate,
         "previous_champion_version": int(current.version) if current is not None else None,
+        "compressed": compressed,
     })
     print(f"register {args.task}: {name} v{version.version} -> {decision.alias} ({decision.reason})")
+    if compressed["registered"]:
+        print(f"register {args.task}: {name} v{compressed['version']} -> {compressed['alias']} ({small_reason})")
+    else:
+        print(f"register {args.task}: compressed variant not registered ({small_reason})")
 
 
 if __name__ == "__main__":

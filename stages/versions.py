@@ -53,6 +53,7 @@ class ModelVersion:
     data_md5: str
     run_id: str
     aliases: list[str]
+    variant: str = "model"  # or "compressed" (register's int8 variant)
 
 
 # ---------------------------------------------------------------- pure core
@@ -238,7 +239,7 @@ def models_for(hashes: set[str]) -> list[ModelVersion]:
                 # search results leave aliases out; the single-version lookup has them
                 aliases = client.get_model_version(mv.name, mv.version).aliases or []
                 found.append(ModelVersion(name=mv.name, version=str(mv.version), data_md5=md5, run_id=mv.run_id,
-                                          aliases=sorted(aliases)))
+                                          aliases=sorted(aliases), variant=mv.tags.get("variant", "model")))
     except Exception as exc:  # sqlite locked, unreachable server, ...
         raise _mlflow_error(exc) from None
     return sorted(found, key=lambda m: (m.name, int(m.version)))
@@ -270,7 +271,9 @@ def cmd_list(task: str, *, as_json: bool) -> None:
         for path, md5 in row["hashes"].items():
             print(f"    {md5}  {path}")
         print("    rows: " + ", ".join(f"{stage} {count}" for stage, count in row["rows"].items()))
-        models_text = ", ".join(f"{m['name']} v{m['version']}" + (f" @{','.join(m['aliases'])}" if m["aliases"] else "")
+        models_text = ", ".join(f"{m['name']} v{m['version']}"
+                                + (f" ({m['variant']})" if m["variant"] != "model" else "")
+                                + (f" @{','.join(m['aliases'])}" if m["aliases"] else "")
                                 for m in row["models"])
         print(f"    models: {models_text or 'none registered'}")
 

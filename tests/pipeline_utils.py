@@ -73,6 +73,7 @@ def tiny_profile(params: dict) -> None:
     params["train"]["model"]["image"]["image_size"] = 32
     params["train"]["model"]["text"]["max_length"] = 32
     params["train"]["search"]["head"]["max_epochs"] = {"type": "int", "low": 3, "high": 6}
+    params["register"]["compressed"] = False  # tests/test_pipeline.py turns it on and checks it
 
 
 def stages_run(output: str) -> set[str]:

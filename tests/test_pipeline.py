@@ -18,7 +18,13 @@ TASKS = ("spam", "animals")
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     repo = copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
-    edit_params(repo, tiny_profile)
+
+    def profile(params: dict) -> None:
+        tiny_profile(params)
+        # register the compressed variant whatever its F1 drop on the tiny data, so the versions are known
+        params["register"].update(compressed=True, max_compressed_f1_drop=1.0)
+
+    edit_params(repo, profile)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny profile"], repo)
     first = dvc(["repro"], repo)
@@ -34,6 +40,10 @@ def test_repro_builds_and_registers_both_tasks(built):
         registered = json.loads((repo / "models" / task / "registered.json").read_text())
         assert registered["name"] == f"{task}-classifier"
         assert registered["alias"] == "champion" and registered["version"] == 1
+        compressed = registered["compressed"]
+        assert compressed["registered"] and compressed["version"] == 2, compressed
+        assert compressed["alias"] == "champion-compressed"
+        assert (repo / "models" / task / "compressed" / "model.safetensors").is_file()
         evaluation = json.loads((repo / "metrics" / task / "eval.json").read_text())
         assert {"accuracy", "macro_f1", "weighted_f1", "roc_auc", "log_loss", "per_class"} <= set(evaluation)
         assert (repo / "plots" / task / "confusion_matrix.png").stat().st_size > 1000
@@ -76,6 +86,25 @@ def test_champion_loads_from_registry_and_predicts(built):
     assert len(out) == 2 and out["confidence"].between(0, 1).all()
 
 
+def test_compressed_variant_loads_by_its_alias_and_agrees_with_the_champion(built):
+    repo, _ = built
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("spam-classifier", "champion-compressed")
+    assert version.tags["variant"] == "compressed" and version.tags["base_version"] == "1"
+    assert version.tags["data.md5"] == client.get_model_version_by_alias("spam-classifier", "champion").tags["data.md5"]
+    texts = pd.DataFrame({"text": ["WINNER!! claim your free prize now, txt WIN to 80086", "see you at lunch tomorrow?",
+                                   "URGENT call 09061 to claim your cash award", "ok i'll be home by six"]})
+    small = mlflow.pyfunc.load_model("models:/spam-classifier@champion-compressed").predict(texts)
+    full = mlflow.pyfunc.load_model("models:/spam-classifier@champion").predict(texts)
+    assert small[["prob_ham", "prob_spam"]].sum(axis=1).round(4).eq(1.0).all()
+    # int8 + 30% pruning moves probabilities a little, not wholesale
+    assert (small["prob_spam"] - full["prob_spam"]).abs().max() < 0.25
+
+
 def test_predict_cli_prints_predictions(built, tmp_path):
     repo, _ = built
     csv = tmp_path / "texts.csv"
@@ -107,7 +136,9 @@ def test_train_param_change_reruns_only_train_and_what_follows(built):
     assert stages_run(rerun.stdout) == {f"{s}@{t}" for t in TASKS for s in ("train", "evaluate", "compress", "register")}
     for task in TASKS:
         registered = json.loads((repo / "models" / task / "registered.json").read_text())
-        assert registered["version"] == 2
+        assert registered["version"] == 3  # v2 is the first run's compressed variant
+        assert registered["compressed"]["version"] == 4
+        assert registered["compressed"]["alias"] == f"{registered['alias']}-compressed"
         # the gate: champion moves only on a strict improvement of test macro-F1
         assert registered["alias"] == ("champion" if "beats" in registered["reason"] else "challenger")
         assert registered["previous_champion_version"] == 1

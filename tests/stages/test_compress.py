@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from stages.common import StageError
-from stages.compress import compress, serialized_bytes
+from stages.compress import compress, prune_linear, serialized_bytes
 
 
 def model() -> nn.Module:
@@ -41,3 +41,26 @@ def test_original_is_untouched():
 def test_bad_sparsity_names_the_key():
     with pytest.raises(StageError, match="compress.sparsity"):
         compress(model(), sparsity=1.0, quantize=True)
+
+
+def test_saved_compressed_model_reloads_as_the_same_int8_model(tmp_path):
+    """The folder compress writes holds pruned weights in safetensors; loading re-applies int8 quantisation."""
+    from stages.modalities import get_modality
+    from stages.model import Classifier, is_int8, load_classifier, make_head, predict_proba, save_classifier
+
+    spec = {"backbone": "minilm_l6", "max_length": 16, "pooling": "mean"}
+    backbone = get_modality("text").build_backbone(spec, pretrained=True)
+    torch.manual_seed(0)
+    original = Classifier(backbone, make_head(backbone.feature_dim, 2, hidden=0, dropout=0.0)).eval()
+    config = {"modality": "text", "spec": spec, "labels": ["ham", "spam"], "feature_dim": backbone.feature_dim,
+              "head": {"hidden": 0, "dropout": 0.0}, "compression": {"sparsity": 0.3, "quantize": True}}
+    save_classifier(tmp_path, prune_linear(original, sparsity=0.3), config)
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.bin"))
+    loaded, loaded_config, modality = load_classifier(tmp_path)
+    assert is_int8(loaded) and not is_int8(original) and loaded_config["compression"]["quantize"]
+    texts = ["win a free prize now", "see you at lunch", "call now to claim cash"]
+    in_memory = compress(original, sparsity=0.3, quantize=True)
+    # predict_proba runs int8 models on CPU without autocast; the result equals the in-memory compressed model's
+    ours = predict_proba(loaded, modality, spec, texts, batch_size=2, device=torch.device("cpu"))
+    reference = predict_proba(in_memory, modality, spec, texts, batch_size=2, device=torch.device("cpu"))
+    torch.testing.assert_close(torch.from_numpy(ours), torch.from_numpy(reference))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stages.register import RegisterParams, decide, model_name
+from stages.register import RegisterParams, compressed_decision, decide, model_name
 
 
 @pytest.mark.parametrize(
@@ -24,7 +24,22 @@ def test_decide(candidate, champion, margin, alias):
 
 
 def test_model_name_template():
-    assert model_name(RegisterParams("{task}-classifier", "macro_f1", 0.0), "news") == "news-classifier"
+    assert model_name(RegisterParams("{task}-classifier", "macro_f1", 0.0, True, 0.05), "news") == "news-classifier"
+
+
+COMPRESS = {"compressed": {"macro_f1": 0.93}, "macro_f1_delta": -0.02, "size_ratio": 0.64, "speedup": 1.7}
+
+
+def test_compressed_variant_is_registered_within_the_allowed_f1_drop():
+    ok, reason = compressed_decision(COMPRESS, enabled=True, max_drop=0.05)
+    assert ok and "0.9300" in reason and "-0.0200" in reason and "x0.64" in reason
+
+
+def test_compressed_variant_is_skipped_beyond_the_drop_or_when_off():
+    ok, reason = compressed_decision(COMPRESS, enabled=True, max_drop=0.01)
+    assert not ok and "register.max_compressed_f1_drop" in reason
+    ok, reason = compressed_decision(COMPRESS, enabled=False, max_drop=0.05)
+    assert not ok and "register.compressed" in reason
 
 
 def test_gate_refuses_comparison_on_different_test_data():
