@@ -146,13 +146,31 @@ def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, 
 
 # ---------------------------------------------------------------- the training loop
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, epoch: int, max_epochs: int) -> float:
+    """The learning-rate multiplier for `epoch`: 1, or a cosine decay from 1 towards 0 over `max_epochs`."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, max_epochs) / max(max_epochs, 1)))
+    raise StageError(f"params.yaml: train.search.*.lr_schedule: unknown schedule {schedule!r}; "
+                     f"known: {list(LR_SCHEDULES)}")
+
+
 def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Callable[[], float],
                lr: float, weight_decay: float, max_epochs: int, patience: int, device: torch.device,
-               on_epoch: EpochCallback) -> tuple[float, int, int]:
+               on_epoch: EpochCallback, lr_schedule: str = "constant",
+               schedule_epochs: int | None = None) -> tuple[float, int, int]:
     """Train `module` epoch by epoch with early stopping; restore the best epoch's weights.
 
-    Returns `(best_metric, best_epoch, epochs_run)`. `on_epoch` may raise (e.g. TrialPruned).
+    `lr_schedule` `cosine` decays the learning rate per epoch over `schedule_epochs` (default `max_epochs`), so a
+    trial settles by the end of its own budget instead of drifting at a constant rate (which leaves early
+    stopping and the pruner comparing noise). Returns `(best_metric, best_epoch, epochs_run)`. `on_epoch` may raise (e.g. TrialPruned).
     """
+    horizon = schedule_epochs or max_epochs
+    lr_factor(lr_schedule, 0, horizon)  # an unknown schedule fails before any training
     params = [p for p in module.parameters() if p.requires_grad]
     # the fused kernel: one pass over all parameters instead of torch's per-tensor loop, which is the CPU
     # default and costs ~7x more per step for MiniLM (benchmarks/throughput.py)
@@ -165,6 +183,8 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
         for epoch in range(max_epochs):
             module.train()
             total, count = 0.0, 0
+            for group in optimizer.param_groups:
+                group["lr"] = lr * lr_factor(lr_schedule, epoch, horizon)
             for inputs, targets in batches(epoch):
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(device):
@@ -237,7 +257,9 @@ class HeadStrategy:
 
         best, best_epoch, epochs = fit_epochs(head, batches=batches, evaluate=evaluate, lr=hp["lr"],
                                               weight_decay=hp["weight_decay"], max_epochs=hp["max_epochs"],
-                                              patience=self.patience, device=self.device, on_epoch=on_epoch)
+                                              patience=self.patience, device=self.device, on_epoch=on_epoch,
+                                              lr_schedule=hp.get("lr_schedule", "constant"),
+                                              schedule_epochs=hp.get("schedule_epochs"))
         return FitResult(Classifier(self.backbone, head), best, best_epoch, epochs)
 
     def checkpoint(self, model: Classifier) -> dict[str, torch.Tensor]:
@@ -285,7 +307,9 @@ class FullStrategy:
 
         best, best_epoch, epochs = fit_epochs(model, batches=batches, evaluate=evaluate, lr=hp["lr"],
                                               weight_decay=hp["weight_decay"], max_epochs=hp["max_epochs"],
-                                              patience=self.patience, device=self.device, on_epoch=on_epoch)
+                                              patience=self.patience, device=self.device, on_epoch=on_epoch,
+                                              lr_schedule=hp.get("lr_schedule", "constant"),
+                                              schedule_epochs=hp.get("schedule_epochs"))
         return FitResult(self.finalise(model), best, best_epoch, epochs)
 
     def finalise(self, model: Classifier) -> Classifier:
@@ -553,7 +577,8 @@ def final_model(study: optuna.Study, strategy: Any, tp: TrainParams, study_dir: 
     if tp.final_model not in ("best_checkpoint", "refit"):
         raise StageError(f"params.yaml: train.final_model: unknown value {tp.final_model!r}; "
                          "known: ['best_checkpoint', 'refit']")
-    # refit: best params, on train+val, for the best trial's number of epochs (no early stopping)
+    # refit: best params, on train+val, for the best trial's number of epochs (no early stopping), on the
+    # learning-rate schedule of the best trial (its horizon is the trial's max_epochs)
     epochs = int(best.user_attrs.get("best_epoch", hp["max_epochs"] - 1)) + 1
     refit = copy.copy(strategy)
     if isinstance(strategy, HeadStrategy) and tp.final_model == "refit":
@@ -564,7 +589,8 @@ def final_model(study: optuna.Study, strategy: Any, tp: TrainParams, study_dir: 
         refit.data = SplitData(d.train_payloads + d.val_payloads, np.concatenate([d.train_labels, d.val_labels]),
                                d.val_payloads, d.val_labels)
     refit.patience = math.inf
-    return refit.fit({**hp, "max_epochs": epochs}, lambda e, m: None, seed=seed + best.number).model
+    return refit.fit({**hp, "max_epochs": epochs, "schedule_epochs": hp["max_epochs"]}, lambda e, m: None,
+                     seed=seed + best.number).model
 
 
 # ---------------------------------------------------------------- main

@@ -18,6 +18,7 @@ from stages.train import (
     SplitData,
     fit_epochs,
     get_strategy,
+    lr_factor,
     make_pruner,
     run_trial,
     score,
@@ -74,6 +75,34 @@ def test_fit_epochs_restores_best_epoch_and_stops_early():
     assert (best, best_epoch, epochs) == (0.9, 1, 5)
     assert seen == [0, 1, 2, 3, 4]
     assert torch.equal(module.weight.detach(), snapshots[0.9])
+
+
+@pytest.mark.parametrize("schedule,expected", [("constant", [0.1, 0.1, 0.1, 0.1]),
+                                               ("cosine", [0.1, 0.085355, 0.05, 0.014645])])
+def test_fit_epochs_sets_the_learning_rate_per_epoch(schedule, expected, monkeypatch):
+    module = torch.nn.Linear(2, 2)
+    seen = []
+
+    def batches(epoch):
+        yield torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+
+    original_step = torch.optim.AdamW.step
+
+    def record(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)  # observes the real optimiser's learning rate
+    fit_epochs(module, batches=batches, evaluate=lambda: 0.5, lr=0.1, weight_decay=0.0, max_epochs=4,
+               patience=10, device=torch.device("cpu"), on_epoch=lambda e, m: None, lr_schedule=schedule)
+    assert seen == pytest.approx(expected, abs=1e-6)
+
+
+def test_refit_horizon_keeps_the_trials_schedule():
+    # a refit that stops after 2 of the trial's 8 epochs sees the trial's learning rates, not a faster decay
+    assert [lr_factor("cosine", e, 8) for e in range(2)] == pytest.approx([1.0, 0.9619398])
+    with pytest.raises(StageError, match="lr_schedule: unknown schedule 'linear'"):
+        lr_factor("linear", 0, 8)
 
 
 def test_median_pruner_prunes_a_bad_trial(tmp_path):
