@@ -372,11 +372,22 @@ def make_pruner(params: PrunerParams) -> optuna.pruners.BasePruner:
     raise StageError(f"params.yaml: train.pruner.kind: unknown pruner {params.kind!r}; known: ['hyperband', 'median', 'none']")
 
 
+def journal_lock(journal: Path) -> optuna.storages.journal.JournalFileOpenLock:
+    """The journal's write lock: a plain `<journal>.lock` file (O_EXCL).
+
+    Optuna's default lock is a symlink whose target is the journal path as given; with a relative path it
+    dangles, and one left behind by `kill -9` made DVC's hashing of the study folder fail (ENOENT) before the
+    stage could resume. A plain file hashes fine, and Optuna removes a stale one after its grace period (30 s).
+    """
+    return optuna.storages.journal.JournalFileOpenLock(str(journal))
+
+
 def open_storage(url: str | None, study_dir: Path) -> optuna.storages.BaseStorage:
     """A journal file in the study folder by default; an RDB URL (postgresql://, sqlite://) when given."""
     if not url:
         study_dir.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(study_dir / "journal.log"))
+        journal = study_dir / "journal.log"
+        backend = optuna.storages.journal.JournalFileBackend(str(journal), lock_obj=journal_lock(journal))
         return optuna.storages.JournalStorage(backend)
     try:
         return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -18,6 +19,7 @@ from stages.train import (
     SplitData,
     fit_epochs,
     get_strategy,
+    journal_lock,
     lr_factor,
     make_pruner,
     run_trial,
@@ -103,6 +105,19 @@ def test_refit_horizon_keeps_the_trials_schedule():
     assert [lr_factor("cosine", e, 8) for e in range(2)] == pytest.approx([1.0, 0.9619398])
     with pytest.raises(StageError, match="lr_schedule: unknown schedule 'linear'"):
         lr_factor("linear", 0, 8)
+
+
+def test_a_lock_left_by_a_killed_writer_is_a_plain_file_dvc_can_hash(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.chdir(tmp_path)  # dvc.yaml passes relative paths, as here
+    journal = Path("models/x/study/journal.log")
+    journal.parent.mkdir(parents=True)
+    journal.write_text("")
+    journal_lock(journal).acquire()  # and never released, as after kill -9
+    lock = Path(f"{journal}.lock")
+    assert lock.is_file() and not lock.is_symlink()
+    os.stat(lock)  # what DVC does when it hashes the study folder
 
 
 def test_median_pruner_prunes_a_bad_trial(tmp_path):
