@@ -216,3 +216,21 @@ def test_kill_9_during_training_then_repro_resumes_the_study(killed_training):
             trials += optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
     before = [t for t in trials if t.datetime_start and t.datetime_start.timestamp() < killed_at]
     assert before, f"FAULT_SEED={SEED}: the rerun started a new study; no trial from before the kill survived"
+
+
+def test_a_journal_lock_left_by_kill_9_does_not_break_the_next_repro(killed_training):
+    """The lock Optuna leaves when its holder dies mid-write: the next `dvc repro` must hash the study folder
+    and resume. (Optuna's default symlink lock dangled here and failed DVC with ENOENT.)"""
+    import contextlib
+
+    from stages.train import journal_lock
+
+    repo, _, _ = killed_training  # a study that exists, after a kill and a resume
+    journal = Path("models") / TASK / "study" / "journal.log"  # relative, as dvc.yaml passes it
+    with contextlib.chdir(repo):
+        journal_lock(journal).acquire()  # never released, as after kill -9 during a journal write
+    lock = repo / f"{journal}.lock"
+    past_grace = time.time() - 3600  # older than Optuna's 30 s grace period, so the wait is not part of the test
+    os.utime(lock, (past_grace, past_grace), follow_symlinks=False)
+    dvc(["repro", "-f", f"train@{TASK}"], repo)
+    assert not lock.exists() and not lock.is_symlink()
