@@ -428,7 +428,9 @@ def recover_stale_trials(study: optuna.Study) -> list[int]:
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
             recovered.append(trial.number)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-        if trial.number in recovered and trial.params:
+        if trial.number in recovered:
+            # A worker killed before its first suggest leaves no params: the retry then samples afresh,
+            # but it still takes the dead trial's place and names it.
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
     return recovered
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from stages.train import (
     journal_lock,
     lr_factor,
     make_pruner,
+    recover_stale_trials,
     run_trial,
     score,
     study_name,
@@ -108,7 +110,6 @@ def test_refit_horizon_keeps_the_trials_schedule():
 
 
 def test_a_lock_left_by_a_killed_writer_is_a_plain_file_dvc_can_hash(tmp_path, monkeypatch):
-    import os
 
     monkeypatch.chdir(tmp_path)  # dvc.yaml passes relative paths, as here
     journal = Path("models/x/study/journal.log")
@@ -118,6 +119,36 @@ def test_a_lock_left_by_a_killed_writer_is_a_plain_file_dvc_can_hash(tmp_path, m
     lock = Path(f"{journal}.lock")
     assert lock.is_file() and not lock.is_symlink()
     os.stat(lock)  # what DVC does when it hashes the study folder
+
+
+def test_recovery_fails_and_retries_dead_trials_even_those_killed_before_sampling(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    worker = f"{socket.gethostname()}:{dead.pid}"
+    study = journal_study(tmp_path)
+    sampled = study.ask()
+    sampled.suggest_float("lr", 1e-4, 1e-2)
+    sampled.set_user_attr("worker", worker)
+    unsampled = study.ask()  # killed between ask and its first suggest
+    unsampled.set_user_attr("worker", worker)
+    alive = study.ask()
+    alive.set_user_attr("worker", f"{socket.gethostname()}:{os.getppid()}")  # a live process
+
+    assert recover_stale_trials(study) == [sampled.number, unsampled.number]
+
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials[:3]] == ["FAIL", "FAIL", "RUNNING"]
+    waiting = trials[3:]
+    assert [t.state.name for t in waiting] == ["WAITING", "WAITING"]
+    assert [t.user_attrs["retry_of"] for t in waiting] == [sampled.number, unsampled.number]
+    retry = study.ask()
+    retry.set_user_attr("worker", alive.user_attrs["worker"])
+    assert retry.suggest_float("lr", 1e-4, 1e-2) == sampled.params["lr"]
+    assert recover_stale_trials(study) == []  # a second restart does not retry them again
 
 
 def test_median_pruner_prunes_a_bad_trial(tmp_path):
