@@ -49,14 +49,6 @@ def prune_linear(model: nn.Module, *, sparsity: float) -> nn.Module:
     return pruned
 
 
-def compress(model: nn.Module, *, sparsity: float, quantize: bool) -> nn.Module:
-    """A pruned (L1, unstructured) and optionally int8-quantised copy of `model`, for CPU inference."""
-    from stages.model import quantize_int8
-
-    pruned = prune_linear(model, sparsity=sparsity)
-    return quantize_int8(pruned) if quantize else pruned
-
-
 def serialized_bytes(model: nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)

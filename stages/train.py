@@ -146,17 +146,19 @@ def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, 
 
 # ---------------------------------------------------------------- the training loop
 
-LR_SCHEDULES = ("constant", "cosine")
+# learning-rate multiplier as a function of training progress in [0, 1]
+LR_SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda progress: 1.0,
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+}
 
 
 def lr_factor(schedule: str, epoch: int, max_epochs: int) -> float:
     """The learning-rate multiplier for `epoch`: 1, or a cosine decay from 1 towards 0 over `max_epochs`."""
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, max_epochs) / max(max_epochs, 1)))
-    raise StageError(f"params.yaml: train.search.*.lr_schedule: unknown schedule {schedule!r}; "
-                     f"known: {list(LR_SCHEDULES)}")
+    if schedule not in LR_SCHEDULES:
+        raise StageError(f"params.yaml: train.search.*.lr_schedule: unknown schedule {schedule!r}; "
+                         f"known: {list(LR_SCHEDULES)}")
+    return LR_SCHEDULES[schedule](min(epoch, max_epochs) / max(max_epochs, 1))
 
 
 def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Callable[[], float],
@@ -207,6 +209,12 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
     return best_metric, best_epoch, epoch + 1
 
 
+def loop_args(hp: dict[str, Any]) -> dict[str, Any]:
+    """`fit_epochs`' optimiser, budget and schedule arguments, from a trial's hyperparameters."""
+    return {"lr": hp["lr"], "weight_decay": hp["weight_decay"], "max_epochs": hp["max_epochs"],
+            "lr_schedule": hp.get("lr_schedule", "constant"), "schedule_epochs": hp.get("schedule_epochs")}
+
+
 class HeadStrategy:
     """Frozen backbone: features are extracted once (and cached), each trial trains only a head."""
 
@@ -255,11 +263,8 @@ class HeadStrategy:
                 pred = head(self.x_val).float().argmax(1).cpu().numpy()
             return score(self.metric, self.y_val, pred)
 
-        best, best_epoch, epochs = fit_epochs(head, batches=batches, evaluate=evaluate, lr=hp["lr"],
-                                              weight_decay=hp["weight_decay"], max_epochs=hp["max_epochs"],
-                                              patience=self.patience, device=self.device, on_epoch=on_epoch,
-                                              lr_schedule=hp.get("lr_schedule", "constant"),
-                                              schedule_epochs=hp.get("schedule_epochs"))
+        best, best_epoch, epochs = fit_epochs(head, batches=batches, evaluate=evaluate, patience=self.patience,
+                                              device=self.device, on_epoch=on_epoch, **loop_args(hp))
         return FitResult(Classifier(self.backbone, head), best, best_epoch, epochs)
 
     def checkpoint(self, model: Classifier) -> dict[str, torch.Tensor]:
@@ -305,11 +310,8 @@ class FullStrategy:
                                      batch_size=self.eval_batch, device=self.device)
             return score(self.metric, self.data.val_labels, logits.argmax(1))
 
-        best, best_epoch, epochs = fit_epochs(model, batches=batches, evaluate=evaluate, lr=hp["lr"],
-                                              weight_decay=hp["weight_decay"], max_epochs=hp["max_epochs"],
-                                              patience=self.patience, device=self.device, on_epoch=on_epoch,
-                                              lr_schedule=hp.get("lr_schedule", "constant"),
-                                              schedule_epochs=hp.get("schedule_epochs"))
+        best, best_epoch, epochs = fit_epochs(model, batches=batches, evaluate=evaluate, patience=self.patience,
+                                              device=self.device, on_epoch=on_epoch, **loop_args(hp))
         return FitResult(self.finalise(model), best, best_epoch, epochs)
 
     def finalise(self, model: Classifier) -> Classifier:
@@ -426,12 +428,10 @@ def recover_stale_trials(study: optuna.Study) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if is_dead_local_worker(trial.user_attrs.get("worker")):
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-            recovered.append(trial.number)
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-        if trial.number in recovered:
             # A worker killed before its first suggest leaves no params: the retry then samples afresh,
             # but it still takes the dead trial's place and names it.
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            recovered.append(trial.number)
     return recovered
 
 

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from stages.common import StageError
-from stages.compress import compress, prune_linear, serialized_bytes
+from stages.compress import prune_linear, serialized_bytes
+from stages.model import quantize_int8
 
 
 def model() -> nn.Module:
@@ -16,14 +17,14 @@ def model() -> nn.Module:
 
 
 def test_pruning_reaches_the_sparsity():
-    small = compress(model(), sparsity=0.5, quantize=False)
+    small = prune_linear(model(), sparsity=0.5)
     weights = torch.cat([m.weight.flatten() for m in small.modules() if isinstance(m, nn.Linear)])
     assert (weights == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
 
 
 def test_int8_shrinks_and_keeps_predictions_close():
     original = model().eval()
-    small = compress(original, sparsity=0.0, quantize=True)
+    small = quantize_int8(prune_linear(original, sparsity=0.0))
     assert serialized_bytes(small) < 0.4 * serialized_bytes(original)
     x = torch.randn(256, 64)
     with torch.inference_mode():
@@ -34,13 +35,13 @@ def test_int8_shrinks_and_keeps_predictions_close():
 def test_original_is_untouched():
     original = model()
     before = original[0].weight.clone()
-    compress(original, sparsity=0.5, quantize=True)
+    quantize_int8(prune_linear(original, sparsity=0.5))
     assert torch.equal(original[0].weight, before)
 
 
 def test_bad_sparsity_names_the_key():
     with pytest.raises(StageError, match="compress.sparsity"):
-        compress(model(), sparsity=1.0, quantize=True)
+        prune_linear(model(), sparsity=1.0)
 
 
 def test_saved_compressed_model_reloads_as_the_same_int8_model(tmp_path):
@@ -59,7 +60,7 @@ def test_saved_compressed_model_reloads_as_the_same_int8_model(tmp_path):
     loaded, loaded_config, modality = load_classifier(tmp_path)
     assert is_int8(loaded) and not is_int8(original) and loaded_config["compression"]["quantize"]
     texts = ["win a free prize now", "see you at lunch", "call now to claim cash"]
-    in_memory = compress(original, sparsity=0.3, quantize=True)
+    in_memory = quantize_int8(prune_linear(original, sparsity=0.3))
     # predict_proba runs int8 models on CPU without autocast; the result equals the in-memory compressed model's
     ours = predict_proba(loaded, modality, spec, texts, batch_size=2, device=torch.device("cpu"))
     reference = predict_proba(in_memory, modality, spec, texts, batch_size=2, device=torch.device("cpu"))
