@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -62,6 +63,17 @@ def decide(candidate: float, champion: float | None, *, min_improvement: float, 
                                     f"{min_improvement:g}")
     return Decision("challenger", f"candidate {candidate:.4f} does not beat champion {champion:.4f} by more than "
                                   f"{min_improvement:g}")
+
+
+def metric_tag(value: float) -> str:
+    """A metric as a model-version tag, losslessly: the gate compares it exactly with the next candidate."""
+    return repr(float(value))
+
+
+def tag_metric(tags: dict[str, str], key: str) -> float | None:
+    """The metric a version was tagged with, or None when it has none."""
+    value = float(tags.get(key, "nan"))
+    return None if math.isnan(value) else value
 
 
 def data_checks_passed(split_metrics: dict[str, Any]) -> tuple[bool, str]:
@@ -204,12 +216,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         client = MlflowClient()
         tags = {"task": args.task, "data.md5": summary["train_data_md5"], "git.commit": tracking.git("rev-parse", "HEAD"),
                 "study": summary["study_name"], "test_digest": metrics.get("test_digest", ""),
-                rp.promote_metric: f"{candidate:.6f}", **tracking.lock_hashes(args.task)}
+                rp.promote_metric: metric_tag(candidate), **tracking.lock_hashes(args.task)}
         version = mlflow.register_model(info.model_uri, name, tags=tags)
         try:
             current = client.get_model_version_by_alias(name, "champion")
-            champion_value = float(current.tags.get(rp.promote_metric, "nan"))
-            champion_value = None if champion_value != champion_value else champion_value
+            champion_value = tag_metric(current.tags, rp.promote_metric)
         except MlflowException:
             current, champion_value = None, None
         same_test = current is None or current.tags.get("test_digest") == metrics.get("test_digest")
@@ -236,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             small_info = log_model("model_compressed", args.compressed_dir)
             small_metric = float(compress_metrics["compressed"]["macro_f1"])
             small_tags = {**tags, "variant": "compressed", "base_version": str(version.version),
-                          rp.promote_metric: f"{small_metric:.6f}",
+                          rp.promote_metric: metric_tag(small_metric),
                           "compression": json.dumps({k: compress_metrics[k] for k in ("sparsity", "quantize")})}
             small = mlflow.register_model(small_info.model_uri, name, tags=small_tags)
             small_alias = f"{decision.alias}-compressed"

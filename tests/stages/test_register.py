@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stages.register import RegisterParams, compressed_decision, decide, model_name
+from stages.register import RegisterParams, compressed_decision, decide, metric_tag, model_name, tag_metric
 
 
 @pytest.mark.parametrize(
@@ -21,6 +21,15 @@ from stages.register import RegisterParams, compressed_decision, decide, model_n
 def test_decide(candidate, champion, margin, alias):
     decision = decide(candidate, champion, min_improvement=margin)
     assert decision.alias == alias and decision.reason
+
+
+def test_the_same_model_registered_again_does_not_take_champion():
+    # the champion's metric comes back from its version tag; rounded there, an identical candidate "beat" it
+    f1 = 0.9369461491429456
+    champion = tag_metric({"macro_f1": metric_tag(f1)}, "macro_f1")
+    assert champion == f1
+    assert decide(f1, champion, min_improvement=0.0).alias == "challenger"
+    assert tag_metric({}, "macro_f1") is None and tag_metric({"macro_f1": "nan"}, "macro_f1") is None
 
 
 def test_model_name_template():
