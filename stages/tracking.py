@@ -111,12 +111,13 @@ def start(params: dict[str, Any], task: str, *, run_name: str, study: str) -> It
     experiment_id = ensure_experiment(params, task)
     close_dead_runs(experiment_id)
     existing = find_study_run(params, task, study)
+    # tagged as it is created or resumed (see tracked_trial)
+    tags = {"task": task, "stage": "train", "optuna.study": study, **worker_tags(), **lineage_tags()}
     if existing:
-        run_ctx = mlflow.start_run(run_id=existing)
+        run_ctx = mlflow.start_run(run_id=existing, tags=tags)
     else:
-        run_ctx = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+        run_ctx = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
     with run_ctx as run:
-        mlflow.set_tags({"task": task, "stage": "train", "optuna.study": study, **worker_tags(), **lineage_tags()})
         yield run
 
 
@@ -184,9 +185,11 @@ def tracked_trial(trial: Any, fit: Callable[[Callable[[int, dict[str, float]], N
 
     parent = mlflow.get_run(parent_run_id) if parent_run_id else mlflow.active_run()
     experiment_id = parent.info.experiment_id if parent else None
-    with mlflow.start_run(run_name=f"trial-{trial.number}", experiment_id=experiment_id,
+    # the worker tag is written with the run itself: a kill between creating a run and tagging it would leave
+    # a RUNNING run that close_dead_runs cannot attribute to a dead worker
+    tags = {"optuna.trial": str(trial.number), "optuna.study": trial.study.study_name, **worker_tags()}
+    with mlflow.start_run(run_name=f"trial-{trial.number}", experiment_id=experiment_id, tags=tags,
                           parent_run_id=parent.info.run_id if parent else None, nested=parent is not None) as run:
-        mlflow.set_tags({"optuna.trial": str(trial.number), "optuna.study": trial.study.study_name, **worker_tags()})
 
         def on_epoch(epoch: int, values: dict[str, float]) -> None:
             mlflow.log_metrics({f"val_{metric}" if k == "val_metric" else k: v for k, v in values.items()}, step=epoch)

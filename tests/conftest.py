@@ -27,6 +27,24 @@ def png_bytes(size: tuple[int, int] = (28, 28), *, mode: str = "L", value: int =
     return buffer.getvalue()
 
 
+def dead_worker() -> str:
+    """A worker id (`host:pid`) of this host whose process has exited, as after `kill -9`."""
+    import socket
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return f"{socket.gethostname()}:{process.pid}"
+
+
+def live_worker() -> str:
+    """A worker id of a process that outlives the test (pytest's parent)."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getppid()}"
+
+
 @pytest.fixture
 def make_png():
     return png_bytes

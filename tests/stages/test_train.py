@@ -29,7 +29,7 @@ from stages.train import (
     study_name,
     suggest,
 )
-from tests.conftest import png_bytes
+from tests.conftest import dead_worker, live_worker, png_bytes
 
 HEAD_HP = {"lr": 1e-2, "batch_size": 8, "weight_decay": 0.0, "max_epochs": 4, "head_hidden": 0, "dropout": 0.0}
 
@@ -122,13 +122,7 @@ def test_a_lock_left_by_a_killed_writer_is_a_plain_file_dvc_can_hash(tmp_path, m
 
 
 def test_recovery_fails_and_retries_dead_trials_even_those_killed_before_sampling(tmp_path):
-    import socket
-    import subprocess
-    import sys
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    worker = f"{socket.gethostname()}:{dead.pid}"
+    worker = dead_worker()
     study = journal_study(tmp_path)
     sampled = study.ask()
     sampled.suggest_float("lr", 1e-4, 1e-2)
@@ -136,7 +130,7 @@ def test_recovery_fails_and_retries_dead_trials_even_those_killed_before_samplin
     unsampled = study.ask()  # killed between ask and its first suggest
     unsampled.set_user_attr("worker", worker)
     alive = study.ask()
-    alive.set_user_attr("worker", f"{socket.gethostname()}:{os.getppid()}")  # a live process
+    alive.set_user_attr("worker", live_worker())
 
     assert recover_stale_trials(study) == [sampled.number, unsampled.number]
 

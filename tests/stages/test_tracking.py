@@ -1,0 +1,68 @@
+"""Run bookkeeping against a real MLflow SQLite store: runs of dead workers end KILLED, nothing else moves."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import dead_worker, live_worker
+
+
+@pytest.fixture
+def client(tmp_path):
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield mlflow.MlflowClient()
+    mlflow.set_tracking_uri(previous)
+
+
+def test_close_dead_runs_kills_only_the_runs_of_dead_workers_on_this_host(client, tmp_path):
+    from stages.tracking import close_dead_runs
+
+    experiment = client.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+    dead = dead_worker()
+    killed = client.create_run(experiment, tags={"worker": dead})
+    alive = client.create_run(experiment, tags={"worker": live_worker()})
+    elsewhere = client.create_run(experiment, tags={"worker": f"another-host:{dead.rpartition(':')[2]}"})
+    untagged = client.create_run(experiment)
+    finished = client.create_run(experiment, tags={"worker": dead})
+    client.set_terminated(finished.info.run_id, status="FINISHED")
+
+    assert close_dead_runs(experiment) == [killed.info.run_id]
+
+    status = {run.info.run_id: client.get_run(run.info.run_id).info.status
+              for run in (killed, alive, elsewhere, untagged, finished)}
+    assert status == {killed.info.run_id: "KILLED", alive.info.run_id: "RUNNING", elsewhere.info.run_id: "RUNNING",
+                      untagged.info.run_id: "RUNNING", finished.info.run_id: "FINISHED"}
+
+
+KILLED_AT_FIRST_TAG_WRITE = """
+import os, signal, sys, types
+import mlflow, optuna
+from stages import tracking
+
+mlflow.set_tracking_uri(sys.argv[1])
+mlflow.set_experiment(experiment_id=sys.argv[2])
+trial = optuna.create_study().ask()
+mlflow.set_tags = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # kill -9 at the first tag write
+result = types.SimpleNamespace(best_epoch=0, best_metric=0.5)
+tracking.tracked_trial(trial, lambda on_epoch: result, metric="macro_f1")
+"""
+
+
+def test_a_trial_run_killed_as_soon_as_it_exists_is_still_closed(client, tmp_path):
+    """The worker tag is written with the run, not after it: no kill point leaves a RUNNING run nobody can close."""
+    import subprocess
+    import sys
+
+    from stages.tracking import close_dead_runs
+
+    experiment = client.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+    worker = subprocess.run([sys.executable, "-c", KILLED_AT_FIRST_TAG_WRITE, f"sqlite:///{tmp_path / 'mlflow.db'}",
+                             experiment], capture_output=True, text=True)
+    assert worker.returncode == -9, worker.stderr[-2000:]
+    [run] = client.search_runs([experiment])
+    assert run.info.status == "RUNNING" and run.data.tags["optuna.trial"] == "0"
+    assert close_dead_runs(experiment) == [run.info.run_id]
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
