@@ -17,7 +17,7 @@ as false positives.
     .venv/bin/python benchmarks/label_noise.py [--tasks news animals] [--rates 0 0.05 0.1 0.2] [--max-rows N]
 
 Reads `data/<task>/clean.parquet` (run `dvc repro clean@<task>` first) and params.yaml (`label`,
-`train.model`, `tasks`). Encoder features are cached in `.cache/label_noise/<task>.npz`.
+`label.encoder`, `tasks`). Encoder features are cached in `.cache/label_noise/<task>.npz`.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def main() -> None:
         task = section(params, f"tasks.{task_name}")
         labels = list(task["labels"])
         modality = task_modality(params, task_name)
-        spec = dict(section(params, f"train.model.{modality.name}"))
+        spec = dict(section(params, f"label.encoder.{modality.name}"))
         frame = pd.read_parquet(f"data/{task_name}/clean.parquet")
         frame["mapped"] = [map_source_label(v, task["label_map"]) for v in frame["label"]]
         frame = frame[frame["mapped"].isin(labels)].sort_values("id", kind="stable").reset_index(drop=True)

@@ -1,8 +1,13 @@
-"""evaluate: score the trained model on the test split; write DVC metrics and plots, log to MLflow.
+"""evaluate: score the trained model on the test split beside simple baselines; write DVC metrics and plots.
 
-Reads the augmented table (test rows only; never augmented) and the model folder. Writes
-`eval.json` (accuracy, macro/weighted precision, recall and F1, ROC-AUC, log loss, per-class
-report), a confusion-matrix PNG and a ROC-curve PNG, and logs the same to the training run.
+Reads the augmented table and the model folder. Scores the model on the test rows (never augmented) and fits
+each baseline its modality declares (`stages/baselines.py`: TF-IDF + linear SVM for text, a small CNN from
+scratch for images) on the split's own train rows (augmented copies excluded: what a user would fit on
+`split.parquet`), scored on the same test rows. Writes `eval.json` (accuracy, macro/weighted precision,
+recall and F1, ROC-AUC, log loss, per-class report, `baseline.<name>.{accuracy, macro_f1, fit_seconds}` and
+`margin_macro_f1` = model minus best baseline), a confusion-matrix PNG, a ROC-curve PNG and
+`vs_baseline.csv` (for `dvc plots`); logs the model's metrics to the training run and each baseline as a run
+of its own in the task's experiment.
 """
 
 from __future__ import annotations
@@ -25,6 +30,44 @@ from stages.common import StageError, atomic_path, build, load_params, read_parq
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int
+    baselines: dict[str, dict[str, Any]]   # settings per baseline name (stages/baselines.py)
+
+
+def score_baselines(modality: Any, train: "pd.DataFrame", test: "pd.DataFrame", labels: Sequence[str], *,
+                    settings: dict[str, dict[str, Any]], seed: int) -> dict[str, dict[str, float]]:
+    """Fit every baseline `modality` declares on `train`, score it on `test`: name -> accuracy, macro-F1, seconds."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from stages.baselines import run_baseline
+
+    index = {lab: i for i, lab in enumerate(labels)}
+    column = modality.payload_column
+    y_train, y_test = train["label"].map(index).to_numpy(), test["label"].map(index).to_numpy()
+    x_train, x_test = modality.baseline_input(list(train[column])), modality.baseline_input(list(test[column]))
+    out = {}
+    for name in modality.baselines:
+        if name not in settings:
+            raise StageError(f"params.yaml: evaluate.baselines.{name}: missing key")
+        pred, seconds = run_baseline(name, x_train, y_train, x_test, params=settings[name], seed=seed)
+        out[name] = {"accuracy": float(accuracy_score(y_test, pred)),
+                     "macro_f1": float(f1_score(y_test, pred, labels=list(range(len(labels))), average="macro",
+                                                zero_division=0)),
+                     "fit_seconds": round(seconds, 2)}
+    return out
+
+
+def margin_over_baselines(macro_f1: float, baselines: dict[str, dict[str, float]]) -> float | None:
+    """The model's macro-F1 minus the best baseline's (None without baselines)."""
+    if not baselines:
+        return None
+    return float(macro_f1 - max(b["macro_f1"] for b in baselines.values()))
+
+
+def baseline_table(metrics: dict[str, Any]) -> str:
+    """`vs_baseline.csv`: one row per model (ours first), for `dvc plots` bar charts."""
+    rows = [("model", metrics["macro_f1"], metrics["accuracy"])]
+    rows += [(f"baseline:{name}", b["macro_f1"], b["accuracy"]) for name, b in metrics.get("baseline", {}).items()]
+    return "model,macro_f1,accuracy\n" + "".join(f"{m},{f:.6f},{a:.6f}\n" for m, f, a in rows)
 
 
 def evaluate(y_true: np.ndarray, proba: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
@@ -158,9 +201,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     metrics["test_digest"] = test_digest(test)
     if "label_source" in test.columns:  # how well the model does on rows labelled by people, rules, models, source
         metrics["by_label_source"] = evaluate_slices(y_true, proba, list(test["label_source"]))
+    train = frame[frame["split"] == "train"]
+    if "augmented" in train.columns:
+        train = train[~train["augmented"].fillna(False).astype(bool)]
+    train = train.sort_values("id", kind="stable")
+    metrics["baseline"] = score_baselines(modality, train, test, labels, settings=ep.baselines,
+                                          seed=int(params["base"]["seed"]))
+    metrics["margin_macro_f1"] = margin_over_baselines(metrics["macro_f1"], metrics["baseline"])
     plots = Path(args.plots)
     plot_confusion(y_true, proba.argmax(1), labels, plots / "confusion_matrix.png")
     plot_roc(y_true, proba, labels, plots / "roc.png")
+    with atomic_path(plots / "vs_baseline.csv") as tmp:
+        tmp.write_text(baseline_table(metrics))
     write_json(args.metrics, metrics)
 
     summary = json.loads(Path(args.summary).read_text())
@@ -176,7 +228,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         mlflow.log_dict(metrics, "eval/eval.json")
         mlflow.log_artifact(str(plots / "confusion_matrix.png"), "eval")
         mlflow.log_artifact(str(plots / "roc.png"), "eval")
-    print(f"evaluate {args.task}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
+        if metrics["margin_macro_f1"] is not None:
+            mlflow.log_metric("test_margin_macro_f1", metrics["margin_macro_f1"])
+        experiment_id = mlflow.active_run().info.experiment_id
+    for name, row in metrics["baseline"].items():
+        tracking.log_baseline(params, experiment_id, name, row, study=summary.get("study_name", ""),
+                              test_digest=metrics["test_digest"], data_md5=summary.get("train_data_md5", ""))
+    margin = metrics["margin_macro_f1"]
+    print(f"evaluate {args.task}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}; "
+          + ", ".join(f"{n} macro-F1 {b['macro_f1']:.4f} ({b['fit_seconds']:.1f} s)" for n, b in metrics["baseline"].items())
+          + (f"; margin {margin:+.4f}" if margin is not None else ""))
 
 
 if __name__ == "__main__":

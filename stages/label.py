@@ -76,6 +76,7 @@ class LabelParams:
     """`params.label`: how label sources are merged and checked."""
     precedence: list[str]
     feature_batch_size: int
+    encoder: dict[str, dict[str, Any]]   # per modality: the frozen encoder spec whose features check rows
     detection: DetectionParams
     auto_label: AutoLabelParams
 
@@ -395,13 +396,13 @@ def main_label(argv: Sequence[str] | None) -> None:
     parser.add_argument("--feature-cache", required=True, help="encoder features by row id (.npz), kept across runs")
     args = parser.parse_args(argv)
 
-    from stages.modalities import task_modality
+    from stages.modalities import modality_section, task_modality
 
     params = load_params()
     tl, lp = load_label_params(params, args.task)
     check_params(tl, lp)
     modality = task_modality(params, args.task)
-    spec = dict(section(params, f"train.model.{modality.name}"))
+    spec = dict(modality_section(lp.encoder, modality, "label.encoder"))
     frame = read_parquet(args.inp)
     for column in ("id", "label", modality.payload_column):
         if column not in frame.columns:
@@ -447,7 +448,7 @@ def main_export_review(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
 
     from stages.labeling import review
-    from stages.modalities import task_modality
+    from stages.modalities import modality_section, task_modality
 
     params = load_params()
     tl, _ = load_label_params(params, args.task)
@@ -460,7 +461,7 @@ def main_export_review(argv: Sequence[str]) -> None:
         if "review_reason" not in frame.columns:
             raise StageError(f"{args.inp}: column 'review_reason' not found (use a table written by the label stage)")
         frame = frame[frame["review_reason"].notna()]
-    spec = dict(section(params, f"train.model.{modality.name}"))
+    spec = dict(modality_section(section(params, "label.encoder"), modality, "label.encoder"))
     csv_path = args.csv or str(Path(args.out).with_suffix(".csv"))
     write_review(frame, json_path=args.out, csv_path=csv_path, payload_column=modality.payload_column,
                  model_version=model_version(spec))

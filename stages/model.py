@@ -10,7 +10,9 @@ quantisation again (deterministic given the weights), so no quantised tensor is 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,9 +32,34 @@ def choose_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX-BF16).
+
+    Without them oneDNN emulates bf16: on an AVX2-only EPYC, a 3x3 conv ran 20x and a Linear 2.4x slower under
+    bf16 autocast than in fp32 (`benchmarks/precision.py`), so autocast there would cost, not save.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `device`: bf16 on CUDA and on CPUs with native bf16, else None (fp32).
+
+    fp16 is never used on CPU (~40x slower than bf16 where bf16 is native).
+    """
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return torch.bfloat16
+    return None
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on both CUDA and CPU; fp16 is ~40x slower on these CPUs and is never used."""
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    """bf16 autocast where bf16 is native (CUDA, AVX512-BF16/AMX CPUs); plain fp32 elsewhere."""
+    dtype = amp_dtype(device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def configure_threads(num_threads: int | None) -> None:
@@ -82,7 +109,7 @@ def is_int8(model: nn.Module) -> bool:
 
 def batched_forward(fn: Any, modality: Modality, spec: dict[str, Any], payloads: Sequence[Any], backbone: nn.Module,
                     *, batch_size: int, device: torch.device, desc: str | None = None, amp: bool = True) -> np.ndarray:
-    """Run `fn(batch)` over payloads in batches under bf16 autocast (unless `amp` is off); return float32 numpy."""
+    """Run `fn(batch)` over payloads in batches under `autocast` (unless `amp` is off); return float32 numpy."""
     from tqdm.auto import tqdm
 
     outputs = []

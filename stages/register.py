@@ -35,6 +35,7 @@ class RegisterParams:
     model_name: str
     promote_metric: str
     min_improvement: float
+    min_margin_over_baseline: float
     compressed: bool
     max_compressed_f1_drop: float
 
@@ -46,14 +47,20 @@ class Decision:
 
 
 def decide(candidate: float, champion: float | None, *, min_improvement: float, same_test_data: bool = True,
-           checks_passed: bool = True) -> Decision:
+           checks_passed: bool = True, baseline: tuple[str, float] | None = None,
+           min_margin_over_baseline: float = 0.0) -> Decision:
     """The promotion gate.
 
-    `champion` only if the data checks passed and either there is no champion yet or, on the same
-    test data, the candidate beats it by more than `min_improvement`; otherwise `challenger`.
+    `champion` only if the data checks passed, the candidate beats the best simple baseline scored on the same
+    test rows (`baseline` = (name, value)) by more than `min_margin_over_baseline`, and either there is no
+    champion yet or, on the same test data, the candidate beats it by more than `min_improvement`;
+    otherwise `challenger`.
     """
     if not checks_passed:
         return Decision("challenger", "data checks (leakage or contracts) failed: never promoted")
+    if baseline is not None and not candidate > baseline[1] + min_margin_over_baseline:
+        return Decision("challenger", f"candidate {candidate:.4f} does not beat baseline {baseline[0]} "
+                                      f"{baseline[1]:.4f} by more than {min_margin_over_baseline:g}")
     if champion is None:
         return Decision("champion", "no champion yet")
     if not same_test_data:
@@ -63,6 +70,12 @@ def decide(candidate: float, champion: float | None, *, min_improvement: float, 
                                     f"{min_improvement:g}")
     return Decision("challenger", f"candidate {candidate:.4f} does not beat champion {champion:.4f} by more than "
                                   f"{min_improvement:g}")
+
+
+def best_baseline(metrics: dict[str, Any], key: str) -> tuple[str, float] | None:
+    """The best baseline in `eval.json` by `key` (the promoted metric), as (name, value); None without any."""
+    scored = [(name, float(row[key])) for name, row in metrics.get("baseline", {}).items() if key in row]
+    return max(scored, key=lambda item: item[1]) if scored else None
 
 
 def metric_tag(value: float) -> str:
@@ -113,6 +126,14 @@ def render_card(*, name: str, version: int, task: str, modality: str, labels: li
     for key in ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall", "roc_auc", "log_loss"):
         value = evaluation.get(key)
         lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | n/a |")
+    baselines = evaluation.get("baseline", {})
+    if baselines:
+        lines += ["", "## Against simple baselines (same train rows, same test rows)", "",
+                  "| model | test macro-F1 | test accuracy | fit seconds |", "|---|---|---|---|",
+                  f"| this model | {evaluation['macro_f1']:.4f} | {evaluation['accuracy']:.4f} | |"]
+        lines += [f"| baseline `{b}` | {row['macro_f1']:.4f} | {row['accuracy']:.4f} | {row['fit_seconds']:.1f} |"
+                  for b, row in baselines.items()]
+        lines += ["", f"Margin over the best baseline (macro-F1): {evaluation.get('margin_macro_f1', 0.0):+.4f}"]
     lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
     for lab, row in evaluation.get("per_class", {}).items():
         lines.append(f"| {lab} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1-score']:.4f} | "
@@ -225,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             current, champion_value = None, None
         same_test = current is None or current.tags.get("test_digest") == metrics.get("test_digest")
         decision = decide(candidate, champion_value, min_improvement=rp.min_improvement, same_test_data=same_test,
-                          checks_passed=checks_passed)
+                          checks_passed=checks_passed, baseline=best_baseline(metrics, rp.promote_metric),
+                          min_margin_over_baseline=rp.min_margin_over_baseline)
         if not checks_passed:
             decision = Decision(decision.alias, f"{decision.reason} ({check_failures})")
         client.set_registered_model_alias(name, decision.alias, version.version)

@@ -173,6 +173,20 @@ def log_lineage(task: str, data_path: str, data_md5: str) -> None:
     mlflow.set_tags({"data.path": data_path, "data.md5": data_md5, **lock_hashes(task)})
 
 
+def log_baseline(params: dict[str, Any], experiment_id: str, name: str, metrics: dict[str, float], *, study: str,
+                 test_digest: str, data_md5: str) -> str:
+    """A baseline's test scores as a run of its own in the task's experiment, next to the study it is compared
+    with (same test digest), so the MLflow UI compares them; returns the run id."""
+    import mlflow
+
+    configure(params)
+    tags = {"stage": "evaluate", "baseline": name, "optuna.study": study, "test_digest": test_digest,
+            "data.md5": data_md5, **lineage_tags()}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"baseline-{name}", tags=tags) as run:
+        mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items()})
+    return run.info.run_id
+
+
 def tracked_trial(trial: Any, fit: Callable[[Callable[[int, dict[str, float]], None]], Any], *, metric: str,
                   parent_run_id: str | None = None) -> Any:
     """Run `fit(on_epoch)` inside a nested MLflow run for this Optuna trial.

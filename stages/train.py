@@ -13,7 +13,12 @@ other machines with `--worker-only` against the same storage URL.
 
 Strategies (`params.train.strategy`): `head` freezes the backbone and trains a head on cached
 features (fast on CPU); `lora` adds low-rank adapters to a text encoder (peft); `full` fine-tunes the
-whole network (meant for GPUs).
+whole network (meant for GPUs); `scratch` trains the modality's small from-scratch backbone
+(`params.train.scratch_model`) at the data's native resolution. `train.strategy` is one name, a list,
+or a list per modality: with several, each trial picks one (the categorical parameter `strategy`),
+one trial of each is queued first in the listed order (cheap first), and pruning and the sampler do
+the rest. `metrics/<task>/train.json` and the study's MLflow run carry a leaderboard (the best value
+per strategy), and `--history` writes the optimisation history for `dvc plots`.
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ class PrunerParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    strategy: str
+    strategy: str | list[str] | dict[str, str | list[str]]
     n_trials: int
     timeout_s: float | None
     n_workers: int
@@ -89,6 +94,7 @@ class TrainParams:
     feature_batch_size: int
     search: dict[str, dict[str, dict[str, Any]]]
     model: dict[str, dict[str, Any]]
+    scratch_model: dict[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -285,8 +291,10 @@ class FullStrategy:
         self.patience, self.device, self.eval_batch = patience, device, feature_batch_size
         self.n_classes = int(max(data.train_labels.max(), data.val_labels.max())) + 1
 
+    pretrained = True
+
     def build(self, hp: dict[str, Any]) -> Classifier:
-        backbone = self.modality.build_backbone(self.spec, pretrained=True)
+        backbone = self.modality.build_backbone(self.spec, pretrained=self.pretrained)
         head = make_head(backbone.feature_dim, self.n_classes, hidden=hp["head_hidden"], dropout=hp["dropout"])
         return Classifier(backbone, head)
 
@@ -352,7 +360,78 @@ class LoraStrategy(FullStrategy):
         return model
 
 
-STRATEGIES: dict[str, type] = {"head": HeadStrategy, "lora": LoraStrategy, "full": FullStrategy}
+class ScratchStrategy(FullStrategy):
+    """The modality's small backbone (`params.train.scratch_model.<modality>`) trained from random weights."""
+
+    pretrained = False
+
+    def __init__(self, modality: Modality, spec: dict[str, Any], data: SplitData, **kwargs: Any) -> None:
+        super().__init__(modality, spec, data, **kwargs)
+
+
+STRATEGIES: dict[str, type] = {"head": HeadStrategy, "lora": LoraStrategy, "full": FullStrategy,
+                               "scratch": ScratchStrategy}
+
+
+def strategy_name(strategy: Any) -> str:
+    return next(name for name, cls in STRATEGIES.items() if type(strategy) is cls)
+
+
+def strategy_choices(tp: TrainParams, modality: str) -> list[str]:
+    """The strategies a study of this modality chooses among: `train.strategy` as a name, a list, or per modality."""
+    value = tp.strategy
+    if isinstance(value, dict):
+        if modality not in value:
+            raise StageError(f"params.yaml: train.strategy.{modality}: missing key")
+        value = value[modality]
+    choices = [value] if isinstance(value, str) else list(value)
+    if not choices:
+        raise StageError("params.yaml: train.strategy: empty list")
+    for name in choices:
+        get_strategy(name)
+        if name not in tp.search:
+            raise StageError(f"params.yaml: train.search.{name}: missing key")
+    return choices
+
+
+def strategy_spec(tp: TrainParams, name: str, modality: Modality) -> dict[str, Any]:
+    """The model spec a strategy builds: the from-scratch one for `scratch`, the pretrained encoder otherwise."""
+    section, where = (tp.scratch_model, "scratch_model") if name == "scratch" else (tp.model, "model")
+    if modality.name not in section:
+        raise StageError(f"params.yaml: train.{where}.{modality.name}: missing key")
+    return dict(section[modality.name])
+
+
+def choose_strategy(trial: optuna.Trial, choices: Sequence[str]) -> str:
+    """The trial's strategy: the categorical parameter `strategy` when there is a choice."""
+    return trial.suggest_categorical("strategy", list(choices)) if len(choices) > 1 else choices[0]
+
+
+def leaderboard(trials: Sequence[optuna.trial.FrozenTrial], default: str) -> dict[str, dict[str, Any]]:
+    """Best value, its trial, and trial counts per strategy over the study's finished trials."""
+    board: dict[str, dict[str, Any]] = {}
+    for t in trials:
+        if t.state not in FINISHED:
+            continue
+        row = board.setdefault(t.params.get("strategy", default),
+                               {"best_value": None, "best_trial": None, "n_complete": 0, "n_pruned": 0})
+        if t.state == optuna.trial.TrialState.PRUNED:
+            row["n_pruned"] += 1
+            continue
+        row["n_complete"] += 1
+        if t.value is not None and (row["best_value"] is None or t.value > row["best_value"]):
+            row["best_value"], row["best_trial"] = float(t.value), t.number
+    return dict(sorted(board.items()))
+
+
+def history_csv(trials: Sequence[optuna.trial.FrozenTrial], default: str) -> str:
+    """The optimisation history (one row per complete trial: value and best so far) for `dvc plots`."""
+    rows, best = ["trial,strategy,value,best_value"], -math.inf
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None:
+            best = max(best, t.value)
+            rows.append(f"{t.number},{t.params.get('strategy', default)},{t.value:.6f},{best:.6f}")
+    return "\n".join(rows) + "\n"
 
 
 def get_strategy(name: str) -> type:
@@ -466,11 +545,11 @@ def split_data(frame: pd.DataFrame, modality: Modality, labels: Sequence[str]) -
                      list(val[column]), val["label"].map(index).to_numpy(dtype=np.int64, copy=True))
 
 
-def study_name(task: str, data_md5: str, tp: TrainParams, seed: int) -> str:
+def study_name(task: str, data_md5: str, tp: TrainParams, seed: int, choices: Sequence[str]) -> str:
     """Deterministic: the same data and search settings give the same name, so a rerun resumes."""
-    settings = {"strategy": tp.strategy, "search": tp.search.get(tp.strategy), "metric": tp.metric,
+    settings = {"strategy": choices, "search": {name: tp.search.get(name) for name in choices}, "metric": tp.metric,
                 "patience": tp.patience, "pruner": [tp.pruner.kind, tp.pruner.n_startup_trials, tp.pruner.n_warmup_steps],
-                "model": tp.model, "seed": seed}
+                "model": tp.model, "scratch_model": tp.scratch_model if "scratch" in choices else None, "seed": seed}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{task}-{data_md5[:8]}-{digest}"
 
@@ -498,19 +577,28 @@ class WorkerSpec:
     index: int
 
 
-def build_strategy(params: dict[str, Any], tp: TrainParams, task: str, data_path: str, study_dir: Path,
-                   device: torch.device) -> tuple[Any, dict[str, Any], list[str]]:
-    labels = list(task_params(params, task)["labels"])
-    modality = task_modality(params, task)
-    if modality.name not in tp.model:
-        raise StageError(f"params.yaml: train.model.{modality.name}: missing key")
-    spec = dict(tp.model[modality.name])
-    data = split_data(read_parquet(data_path), modality, labels)
-    key = hashlib.sha256(json.dumps([file_md5(data_path), spec], sort_keys=True).encode()).hexdigest()[:16]
-    strategy = get_strategy(tp.strategy)(modality, spec, data, metric=tp.metric, patience=tp.patience, device=device,
-                                         feature_batch_size=tp.feature_batch_size,
-                                         feature_cache=study_dir / "features" / f"{key}.safetensors")
-    return strategy, spec, labels
+class StrategyPool:
+    """The study's strategies for one task, each built on first use (`head` extracts or loads its features then)."""
+
+    def __init__(self, params: dict[str, Any], tp: TrainParams, task: str, data_path: str, study_dir: Path,
+                 device: torch.device) -> None:
+        self.labels = list(task_params(params, task)["labels"])
+        self.modality = task_modality(params, task)
+        self.choices = strategy_choices(tp, self.modality.name)
+        self.tp, self.study_dir, self.device = tp, study_dir, device
+        self.data = split_data(read_parquet(data_path), self.modality, self.labels)
+        self.data_md5 = file_md5(data_path)
+        self._built: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any:
+        if name not in self._built:
+            spec = strategy_spec(self.tp, name, self.modality)
+            key = hashlib.sha256(json.dumps([self.data_md5, spec], sort_keys=True).encode()).hexdigest()[:16]
+            self._built[name] = get_strategy(name)(
+                self.modality, spec, self.data, metric=self.tp.metric, patience=self.tp.patience, device=self.device,
+                feature_batch_size=self.tp.feature_batch_size,
+                feature_cache=self.study_dir / "features" / f"{key}.safetensors")
+        return self._built[name]
 
 
 def checkpoint_path(study_dir: Path, number: int) -> Path:
@@ -531,18 +619,19 @@ def run_worker(spec: WorkerSpec) -> None:
     configure_threads(spec.threads)
     device = choose_device()
     study_dir = Path(spec.study_dir)
-    strategy, _, _ = build_strategy(params, tp, spec.task, spec.data_path, study_dir, device)
+    pool = StrategyPool(params, tp, spec.task, spec.data_path, study_dir, device)
     storage = open_storage(tp.storage, study_dir)
     study = optuna.load_study(study_name=spec.study_name, storage=storage,
                               sampler=optuna.samplers.TPESampler(seed=seed + spec.index), pruner=make_pruner(tp.pruner))
-    space = tp.search[tp.strategy]
     tracking.configure(params)
     parent_run_id = spec.parent_run_id or tracking.find_study_run(params, spec.task, spec.study_name)
     deadline = None if tp.timeout_s is None else time.time() + tp.timeout_s
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
-        result = tracking.tracked_trial(trial, lambda on_epoch: run_trial(trial, strategy, space, seed=seed,
+        name = choose_strategy(trial, pool.choices)
+        strategy = pool.get(name)
+        result = tracking.tracked_trial(trial, lambda on_epoch: run_trial(trial, strategy, tp.search[name], seed=seed,
                                                                           on_epoch=on_epoch),
                                         metric=tp.metric, parent_run_id=parent_run_id)
         best_so_far = max((t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -578,15 +667,26 @@ def run_workers(spec: WorkerSpec, n_workers: int) -> None:
 
 # ---------------------------------------------------------------- final model
 
-def final_model(study: optuna.Study, strategy: Any, tp: TrainParams, study_dir: Path, *, seed: int) -> Classifier:
-    """The best trial's best-epoch checkpoint, or (train.final_model = refit) a refit with the best params."""
+def best_hyperparameters(best: optuna.trial.FrozenTrial, tp: TrainParams, choices: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """The best trial's strategy and every hyperparameter it trained with, `fixed` ones included (Optuna
+    records only sampled values in `trial.params`)."""
+    name = best.params.get("strategy", choices[0])
+    fixed = {k: v["value"] for k, v in tp.search[name].items() if v.get("type") == "fixed"}
+    return name, {**fixed, **{k: v for k, v in best.params.items() if k != "strategy"}}
+
+
+def final_model(study: optuna.Study, pool: StrategyPool, tp: TrainParams, study_dir: Path, *,
+                seed: int) -> tuple[Classifier, Any, dict[str, Any]]:
+    """The best trial's best-epoch checkpoint, or (train.final_model = refit) a refit with the best params;
+    returned with the strategy that built it and the full hyperparameters."""
     from safetensors.torch import load_file
 
     best = study.best_trial
-    hp = {**{k: v["value"] for k, v in tp.search[tp.strategy].items() if v.get("type") == "fixed"}, **best.params}
+    name, hp = best_hyperparameters(best, tp, pool.choices)
+    strategy = pool.get(name)
     path = checkpoint_path(study_dir, best.number)
     if tp.final_model == "best_checkpoint" and path.is_file():
-        return strategy.restore(load_file(str(path)), hp)
+        return strategy.restore(load_file(str(path)), hp), strategy, hp
     if tp.final_model not in ("best_checkpoint", "refit"):
         raise StageError(f"params.yaml: train.final_model: unknown value {tp.final_model!r}; "
                          "known: ['best_checkpoint', 'refit']")
@@ -602,8 +702,9 @@ def final_model(study: optuna.Study, strategy: Any, tp: TrainParams, study_dir: 
         refit.data = SplitData(d.train_payloads + d.val_payloads, np.concatenate([d.train_labels, d.val_labels]),
                                d.val_payloads, d.val_labels)
     refit.patience = math.inf
-    return refit.fit({**hp, "max_epochs": epochs, "schedule_epochs": hp["max_epochs"]}, lambda e, m: None,
-                     seed=seed + best.number).model
+    model = refit.fit({**hp, "max_epochs": epochs, "schedule_epochs": hp["max_epochs"]}, lambda e, m: None,
+                      seed=seed + best.number).model
+    return model, strategy, hp
 
 
 # ---------------------------------------------------------------- main
@@ -617,6 +718,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--summary")
     parser.add_argument("--metrics")
     parser.add_argument("--reports", help="data-quality reports folder to log with the training run")
+    parser.add_argument("--history", help="optimisation history CSV (trial, strategy, value, best so far)")
     parser.add_argument("--worker-only", action="store_true",
                         help="join an existing study as one more worker (e.g. on another machine) and exit")
     args = parser.parse_args(argv)
@@ -627,14 +729,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params()
     tp = build(TrainParams, params.get("train"), "train")
     seed = params["base"]["seed"]
-    get_strategy(tp.strategy)
-    if tp.strategy not in tp.search:
-        raise StageError(f"params.yaml: train.search.{tp.strategy}: missing key")
+    choices = strategy_choices(tp, task_modality(params, args.task).name)
     study_dir = Path(args.study_dir)
     data_md5 = file_md5(args.inp) if Path(args.inp).is_file() else ""
     if not data_md5:
         raise StageError(f"{args.inp}: input not found (run the upstream stage first: dvc repro)")
-    name = study_name(args.task, data_md5, tp, seed)
+    name = study_name(args.task, data_md5, tp, seed, choices)
     total_threads = tp.num_threads or os.cpu_count() or 1
     threads = max(1, total_threads // max(1, tp.n_workers))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -661,8 +761,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 sampler=optuna.samplers.TPESampler(seed=seed), pruner=make_pruner(tp.pruner),
                                 load_if_exists=True)
     recovered = recover_stale_trials(study)
-    # features are extracted (and cached in the study folder) once, before workers load them
-    strategy, spec, labels = build_strategy(params, tp, args.task, args.inp, study_dir, device)
+    if len(choices) > 1 and not study.get_trials(deepcopy=False):
+        for choice in choices:  # one trial of each strategy first, in the listed order (cheap first)
+            study.enqueue_trial({"strategy": choice})
+    pool = StrategyPool(params, tp, args.task, args.inp, study_dir, device)
+    for choice in choices:  # head features are extracted (and cached in the study folder) once, before workers
+        pool.get(choice)
 
     with tracking.start(params, args.task, run_name=f"study-{name}", study=name) as parent:
         import mlflow
@@ -671,11 +775,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         tracking.log_dataset(read_parquet(args.inp), args.inp, data_md5)
         # Params define the study (its name hashes them), so a resumed run logs the same values again;
         # budget and placement can change between attempts, and MLflow params are immutable: those are tags.
-        mlflow.log_params({"strategy": tp.strategy, "metric": tp.metric, "patience": tp.patience,
-                           "pruner": tp.pruner.kind, "study_name": name, **{f"model.{k}": v for k, v in spec.items()}})
+        mlflow.log_params({"strategy": ",".join(choices), "metric": tp.metric, "patience": tp.patience,
+                           "pruner": tp.pruner.kind, "study_name": name,
+                           **{f"model.{k}": v for k, v in strategy_spec(tp, choices[0], pool.modality).items()}})
         mlflow.set_tags({"n_trials": tp.n_trials, "n_workers": tp.n_workers, "final_model": tp.final_model,
                          "device": device.type})
-        mlflow.log_dict({"search": tp.search[tp.strategy]}, "search_space.json")
+        mlflow.log_dict({"search": {choice: tp.search[choice] for choice in choices}}, "search_space.json")
         if args.reports and Path(args.reports).is_dir():
             mlflow.log_artifacts(args.reports, "data_quality")
         if recovered:
@@ -690,7 +795,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise StageError(f"study {name}: no trial completed ({states.count('PRUNED')} pruned, "
                              f"{states.count('FAIL')} failed)")
         best = study.best_trial
-        model = final_model(study, strategy, tp, study_dir, seed=seed)
+        model, strategy, hp = final_model(study, pool, tp, study_dir, seed=seed)
+        board = leaderboard(trials, choices[0])
         summary_metrics = {
             f"best_val_{tp.metric}": best.value,
             "n_trials": len(trials),
@@ -703,15 +809,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             "trial_epochs": int(sum(t.user_attrs.get("epochs_run", len(t.intermediate_values)) for t in trials)),
         }
         mlflow.log_metrics({k: float(v) for k, v in summary_metrics.items() if v is not None})
+        mlflow.log_metrics({f"leaderboard.{choice}.best_val_{tp.metric}": row["best_value"]
+                            for choice, row in board.items() if row["best_value"] is not None})
+        mlflow.log_dict(board, "leaderboard.json")
         mlflow.set_tags({f"best.{k}": v for k, v in best.params.items()})  # the best trial can change on resume
+        mlflow.set_tag("best.strategy", strategy_name(strategy))
         config = {
             "task": args.task,
             "modality": strategy.modality.name,
-            "labels": labels,
-            "spec": spec,
-            "strategy": tp.strategy,
+            "labels": pool.labels,
+            "spec": strategy.spec,
+            "strategy": strategy_name(strategy),
             "feature_dim": int(model.backbone.feature_dim),
-            "head": {"hidden": int(best.params["head_hidden"]), "dropout": float(best.params["dropout"])},
+            "head": {"hidden": int(hp["head_hidden"]), "dropout": float(hp["dropout"])},
         }
         with atomic_path(args.model_dir) as tmp_dir:
             save_classifier(tmp_dir, model, config)
@@ -723,9 +833,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             "experiment_id": parent.info.experiment_id,
             "study_name": name,
             "best_params": best.params,
+            "best_strategy": strategy_name(strategy),
             "train_data_md5": data_md5,
             **summary_metrics,
         })
+        if args.history:
+            with atomic_path(args.history) as tmp:
+                tmp.write_text(history_csv(trials, choices[0]))
+    summary_metrics["best_strategy"] = strategy_name(strategy)
+    summary_metrics["leaderboard"] = board
     summary_metrics["wall_s"] = round(time.time() - started, 1)
     write_json(args.metrics, summary_metrics)
     print(f"train {args.task}: {summary_metrics}")

@@ -71,8 +71,12 @@ def tiny_profile(params: dict) -> None:
     params["train"]["patience"] = 2
     params["train"]["pruner"].update(n_startup_trials=1, n_warmup_steps=1)
     params["train"]["model"]["image"]["image_size"] = 32
-    params["train"]["model"]["text"]["max_length"] = 32
+    params["train"]["model"]["text"].update(max_length=32, max_chunks=2)
+    params["label"]["encoder"]["image"]["image_size"] = 32
+    params["label"]["encoder"]["text"]["max_length"] = 32
     params["train"]["search"]["head"]["max_epochs"] = {"type": "int", "low": 3, "high": 6}
+    params["train"]["search"]["scratch"]["max_epochs"] = {"type": "int", "low": 2, "high": 3}
+    params["evaluate"]["baselines"]["small_cnn"]["epochs"] = 2
     params["register"]["compressed"] = False  # tests/test_pipeline.py turns it on and checks it
 
 

@@ -15,6 +15,8 @@ class Modality:
 
     name: str = ""
     payload_column: str = ""
+    # names in `stages.baselines.BASELINES`: the simple models every evaluation scores beside the fine-tuned one
+    baselines: tuple[str, ...] = ()
 
     # ---- acquire
     def from_bytes(self, raw: bytes) -> tuple[Any, str | None]:
@@ -73,6 +75,10 @@ class Modality:
     def lora_targets(self, spec: dict[str, Any]) -> list[str]:
         """Module names that take LoRA adapters; empty where the strategy does not apply."""
         return []
+
+    def baseline_input(self, payloads: Sequence[Any]) -> Any:
+        """Payloads in the form this modality's baselines take (`stages.baselines`)."""
+        return list(payloads)
 
     def decode_input(self, value: Any) -> Any:
         """Turn one serving input value (str text, or image bytes) into a payload for `to_batch`."""

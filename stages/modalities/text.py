@@ -106,6 +106,7 @@ def swap_delete(text: str, rng: random.Random, *, swap_prob: float, delete_prob:
 @register("text")
 class Text(Modality):
     payload_column = "text"
+    baselines = ("tfidf_svm",)
 
     def from_bytes(self, raw: bytes) -> tuple[str, str]:
         return decode_text(raw)
@@ -186,21 +187,44 @@ class Text(Modality):
                 self.feature_dim = encoder.config.hidden_size
 
             def forward(self, batch: dict[str, Any]) -> Any:
-                hidden = self.encoder(**batch).last_hidden_state
-                if self.pooling == "cls":
-                    return hidden[:, 0]
-                # all-MiniLM-L6-v2 was trained with mean pooling over real tokens
+                inputs = {k: v for k, v in batch.items() if k != "document"}
+                hidden = self.encoder(**inputs).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                # all-MiniLM-L6-v2 was trained with mean pooling over real tokens
+                pooled = hidden[:, 0] if self.pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                if "document" not in batch:
+                    return pooled
+                # chunks of one document: their mean, weighted by real tokens, is the document's feature
+                weights = mask.sum(1)
+                n_docs = int(batch["document"].max()) + 1 if len(batch["document"]) else 0
+                index = batch["document"].unsqueeze(1).expand_as(pooled)
+                total = torch.zeros(n_docs, pooled.shape[1], dtype=pooled.dtype, device=pooled.device)
+                total = total.scatter_add(0, index, pooled * weights)
+                count = torch.zeros(n_docs, 1, dtype=pooled.dtype, device=pooled.device)
+                count = count.scatter_add(0, batch["document"].unsqueeze(1), weights)
+                return total / count.clamp(min=1.0)
 
         return TextBackbone()
 
     def to_batch(self, payloads: Sequence[str], spec: dict[str, Any], backbone: Any) -> dict[str, Any]:
-        return dict(
-            backbone.tokenizer(
-                list(payloads), truncation=True, max_length=spec["max_length"], padding=True, return_tensors="pt"
-            )
-        )
+        """Token ids for the encoder. With `max_chunks` > 1 a document longer than `max_length` is cut into up to
+        that many chunks of `max_length` tokens (the encoder's own context) that the backbone pools back into one
+        feature per document: the model reads the whole article, not its first paragraph."""
+        tokenizer, max_length = backbone.tokenizer, spec["max_length"]
+        max_chunks = int(spec.get("max_chunks", 1))
+        if max_chunks <= 1:
+            return dict(tokenizer(list(payloads), truncation=True, max_length=max_length, padding=True,
+                                  return_tensors="pt"))
+        import torch
+
+        # the fast tokenizer cuts each text into max_length windows (special tokens included) and maps them back
+        encoded = tokenizer(list(payloads), truncation=True, max_length=max_length, return_overflowing_tokens=True,
+                            padding=True, return_tensors="pt")
+        document = encoded["overflow_to_sample_mapping"]
+        first = torch.searchsorted(document, document, right=False)  # the index of each document's first chunk
+        keep = (torch.arange(len(document)) - first) < max_chunks
+        return {"input_ids": encoded["input_ids"][keep], "attention_mask": encoded["attention_mask"][keep],
+                "document": document[keep].long()}
 
     def save_backbone_files(self, backbone: Any, model_dir: Path) -> None:
         backbone.encoder.config.save_pretrained(model_dir / "backbone")

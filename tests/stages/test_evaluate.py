@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.evaluate import evaluate, plot_confusion, plot_roc
+from stages.evaluate import baseline_table, evaluate, margin_over_baselines, plot_confusion, plot_roc, score_baselines
 
 
 def test_binary_metrics():
@@ -34,3 +34,28 @@ def test_plots_are_written(tmp_path):
     plot_roc(y, proba, ["a", "b", "c"], tmp_path / "roc.png")
     for name in ("cm.png", "roc.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_baselines_are_scored_on_the_given_rows():
+    import pandas as pd
+
+    from stages.modalities import get_modality
+
+    spam = ["win a free prize now", "claim your free cash prize", "free entry win cash now"]
+    ham = ["see you at lunch today", "are we meeting later", "thanks for dinner"]
+    train = pd.DataFrame({"text": spam + ham, "label": ["spam"] * 3 + ["ham"] * 3})
+    test = pd.DataFrame({"text": ["free cash prize", "lunch later"], "label": ["spam", "spam"]})
+    settings = {"tfidf_svm": {"ngram_max": 1, "min_df": 1, "sublinear_tf": True, "c": 1.0}}
+    scores = score_baselines(get_modality("text"), train, test, ["ham", "spam"], settings=settings, seed=0)
+    assert scores["tfidf_svm"]["accuracy"] == 0.5  # "lunch later" is ham to the SVM, labelled spam here
+    assert set(scores["tfidf_svm"]) == {"accuracy", "macro_f1", "fit_seconds"}
+    with pytest.raises(Exception, match="evaluate.baselines.tfidf_svm: missing key"):
+        score_baselines(get_modality("text"), train, test, ["ham", "spam"], settings={}, seed=0)
+
+
+def test_margin_and_table():
+    metrics = {"macro_f1": 0.95, "accuracy": 0.96, "baseline": {"tfidf_svm": {"macro_f1": 0.97, "accuracy": 0.98}}}
+    assert margin_over_baselines(0.95, metrics["baseline"]) == pytest.approx(-0.02)
+    assert margin_over_baselines(0.95, {}) is None
+    assert baseline_table(metrics).splitlines() == ["model,macro_f1,accuracy", "model,0.950000,0.960000",
+                                                    "baseline:tfidf_svm,0.970000,0.980000"]

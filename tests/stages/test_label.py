@@ -17,7 +17,7 @@ from stages.labeling import annotations as ann
 from stages.labeling import review
 
 TASK = TaskLabels(labels=["business", "sport", "tech"], label_map={"sports": "sport", "footy": "football"}, label_rules=[])
-OFF = LabelParams(precedence=["human", "consensus", "rule", "model", "source"], feature_batch_size=8,
+OFF = LabelParams(precedence=["human", "consensus", "rule", "model", "source"], feature_batch_size=8, encoder={},
                   detection=DetectionParams(enabled=False, folds=5, filter_by="prune_by_noise_rate", action="flag",
                                             relabel_threshold=0.9, c=1.0, max_iter=300),
                   auto_label=AutoLabelParams(enabled=False, model="logistic_regression", threshold=0.9, knn_k=5))

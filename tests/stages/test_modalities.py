@@ -287,3 +287,25 @@ def test_header_only_image_over_the_cap_is_too_many_pixels():
     # below PIL's own bomb limit the stage's cap is what rejects it, before any pixel is decoded
     params = IMAGE.clean_params(image_values(size=28, max_pixels=1_000_000, max_side=100_000))
     assert IMAGE.normalise(_png_header_only(2_000, 1_000), params) == (None, "too_many_pixels")
+
+
+def test_text_reads_long_documents_in_chunks_pooled_per_document():
+    import torch
+
+    from stages.modalities import get_modality
+
+    text = get_modality("text")
+    spec = {"backbone": "minilm_l6", "max_length": 16, "max_chunks": 3, "pooling": "mean"}
+    backbone = text.build_backbone(spec, pretrained=True).eval()
+    long_doc = " ".join(f"topic{i}" for i in range(60))
+    docs = ["a short one", long_doc, "the last"]
+    batch = text.to_batch(docs, spec, backbone)
+    assert batch["document"].tolist() == [0, 1, 1, 1, 2]  # the long one is cut at max_chunks
+    assert batch["input_ids"].shape[1] <= 16
+    with torch.inference_mode():
+        features = backbone(batch)
+        truncated = backbone(text.to_batch(docs, {**spec, "max_chunks": 1}, backbone))
+    assert features.shape == (3, backbone.feature_dim)
+    # a document that fits in one chunk gets the same feature either way; a long one sees more than its start
+    assert torch.allclose(features[0], truncated[0], atol=1e-5) and torch.allclose(features[2], truncated[2], atol=1e-5)
+    assert not torch.allclose(features[1], truncated[1], atol=1e-3)

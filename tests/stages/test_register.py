@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from stages.register import RegisterParams, compressed_decision, decide, metric_tag, model_name, tag_metric
+from stages.register import (
+    RegisterParams,
+    best_baseline,
+    compressed_decision,
+    decide,
+    metric_tag,
+    model_name,
+    tag_metric,
+)
 
 
 @pytest.mark.parametrize(
@@ -33,7 +41,7 @@ def test_the_same_model_registered_again_does_not_take_champion():
 
 
 def test_model_name_template():
-    assert model_name(RegisterParams("{task}-classifier", "macro_f1", 0.0, True, 0.05), "news") == "news-classifier"
+    assert model_name(RegisterParams("{task}-classifier", "macro_f1", 0.0, 0.0, True, 0.05), "news") == "news-classifier"
 
 
 COMPRESS = {"compressed": {"macro_f1": 0.93}, "macro_f1_delta": -0.02, "size_ratio": 0.64, "speedup": 1.7}
@@ -78,12 +86,33 @@ def test_model_card_covers_data_study_metrics_and_limitations():
         name="news-classifier", version=3, task="news", modality="text", labels=["a", "b"],
         summary={"train_data_md5": "abc123", "study_name": "news-abc", "n_trials": 5, "n_complete": 3, "n_pruned": 2,
                  "n_failed": 0, "best_trial": 1, "best_epoch": 4, "best_params": {"lr": 0.01}},
-        evaluation={"accuracy": 0.9, "macro_f1": 0.85, "test_digest": "feed",
+        evaluation={"accuracy": 0.9, "macro_f1": 0.85, "test_digest": "feed", "margin_macro_f1": 0.05,
+                    "baseline": {"tfidf_svm": {"accuracy": 0.82, "macro_f1": 0.8, "fit_seconds": 1.5}},
                     "per_class": {"a": {"precision": 1.0, "recall": 0.8, "f1-score": 0.89, "support": 5},
                                   "b": {"precision": 0.7, "recall": 1.0, "f1-score": 0.82, "support": 3}}},
         data={"hashes": {"dvc.split.split.parquet": "d41d"}, "rows_per_split": {"test": 8}, "sources": ["pypi:x"],
               "licenses": ["MIT"]},
         decision=Decision("champion", "no champion yet"))
     for needle in ("news-classifier v3", "abc123", "feed", "d41d", "MIT", "pypi:x", "3 complete, 2 pruned",
-                   "| macro_f1 | 0.8500 |", "| b | 0.7000 |", "Weakest class: `b`", "Known limitations"):
+                   "| macro_f1 | 0.8500 |", "| b | 0.7000 |", "Weakest class: `b`", "Known limitations",
+                   "| baseline `tfidf_svm` | 0.8000 | 0.8200 | 1.5 |", "Margin over the best baseline (macro-F1): +0.0500"):
         assert needle in card, needle
+
+
+@pytest.mark.parametrize("candidate, champion, baseline, margin, alias, needle", [
+    (0.97, None, ("tfidf_svm", 0.98), 0.0, "challenger", "does not beat baseline tfidf_svm 0.9800"),
+    (0.98, None, ("tfidf_svm", 0.98), 0.0, "challenger", "does not beat baseline"),   # a tie is not a win
+    (0.985, None, ("tfidf_svm", 0.98), 0.01, "challenger", "by more than 0.01"),
+    (0.99, 0.995, ("tfidf_svm", 0.98), 0.0, "challenger", "does not beat champion"),   # then the old rules apply
+    (0.99, None, ("tfidf_svm", 0.98), 0.0, "champion", "no champion yet"),
+    (0.99, 0.985, ("small_cnn", 0.98), 0.0, "champion", "beats champion"),
+])
+def test_gate_refuses_a_model_that_loses_to_the_baseline(candidate, champion, baseline, margin, alias, needle):
+    decision = decide(candidate, champion, min_improvement=0.0, baseline=baseline, min_margin_over_baseline=margin)
+    assert decision.alias == alias and needle in decision.reason
+
+
+def test_best_baseline_reads_eval_json():
+    metrics = {"baseline": {"a": {"macro_f1": 0.7}, "b": {"macro_f1": 0.9}}}
+    assert best_baseline(metrics, "macro_f1") == ("b", 0.9)
+    assert best_baseline({}, "macro_f1") is None and best_baseline(metrics, "accuracy") is None

@@ -17,15 +17,22 @@ from stages.train import (
     FullStrategy,
     HeadStrategy,
     PrunerParams,
+    ScratchStrategy,
     SplitData,
+    best_hyperparameters,
+    choose_strategy,
     fit_epochs,
     get_strategy,
+    history_csv,
     journal_lock,
+    leaderboard,
     lr_factor,
     make_pruner,
     recover_stale_trials,
     run_trial,
     score,
+    strategy_choices,
+    strategy_spec,
     study_name,
     suggest,
 )
@@ -175,17 +182,19 @@ def test_unknown_strategy_and_pruner_fail_with_the_key():
 
 def test_study_name_is_deterministic_and_tracks_space():
     class P:
-        strategy, metric, patience, model = "head", "macro_f1", 3, {}
+        strategy, metric, patience, model, scratch_model = "head", "macro_f1", 3, {}, {}
         pruner = PrunerParams("median", 1, 1)
-        search = {"head": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}}
+        search = {"head": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}, "scratch": {}}
 
     class Q(P):
-        search = {"head": {"lr": {"type": "float", "low": 1e-5, "high": 1e-2}}}
+        search = {"head": {"lr": {"type": "float", "low": 1e-5, "high": 1e-2}}, "scratch": {}}
 
-    assert study_name("news", "abcdef0123", P, 1) == study_name("news", "abcdef0123", P, 1)
-    assert study_name("news", "abcdef0123", P, 1) != study_name("news", "abcdef0123", Q, 1)
-    assert study_name("news", "abcdef0123", P, 1) != study_name("news", "99cdef0123", P, 1)
-    assert study_name("news", "abcdef0123", P, 1) != study_name("news", "abcdef0123", P, 2)
+    head = ["head"]
+    assert study_name("news", "abcdef0123", P, 1, head) == study_name("news", "abcdef0123", P, 1, head)
+    assert study_name("news", "abcdef0123", P, 1, head) != study_name("news", "abcdef0123", Q, 1, head)
+    assert study_name("news", "abcdef0123", P, 1, head) != study_name("news", "99cdef0123", P, 1, head)
+    assert study_name("news", "abcdef0123", P, 1, head) != study_name("news", "abcdef0123", P, 2, head)
+    assert study_name("news", "abcdef0123", P, 1, head) != study_name("news", "abcdef0123", P, 1, ["head", "scratch"])
 
 
 def _text_data() -> SplitData:
@@ -216,3 +225,82 @@ def test_full_strategy_smoke_on_images():
     assert result.epochs_run == 1 and len(epochs) == 1
     assert not math.isnan(epochs[0]["train_loss"])
     assert any(p.requires_grad for p in result.model.backbone.parameters())
+
+
+class _Choices:
+    search = {"head": {"head_hidden": {"type": "fixed", "value": 256}, "lr": {"type": "float", "low": 0.1, "high": 1}},
+              "scratch": {"lr": {"type": "float", "low": 0.1, "high": 1}}}
+    model = {"image": {"backbone": "efficientnet_lite0", "image_size": 32}}
+    scratch_model = {"image": {"backbone": "cnn_small", "image_size": 8, "channels": 1, "width": 4}}
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("head", ["head"]),
+    (["scratch", "head"], ["scratch", "head"]),
+    ({"image": ["head", "scratch"], "text": "head"}, ["head", "scratch"]),
+])
+def test_strategy_choices_take_a_name_a_list_or_one_per_modality(value, expected):
+    assert strategy_choices(_Choices(value), "image") == expected
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"text": ["head"]}, r"train.strategy.image: missing key"),
+    (["head", "warp"], r"unknown strategy 'warp'; known: \['full', 'head', 'lora', 'scratch'\]"),
+    (["lora"], r"train.search.lora: missing key"),
+])
+def test_strategy_choices_fail_with_the_key(value, message):
+    with pytest.raises(StageError, match=message):
+        strategy_choices(_Choices(value), "image")
+
+
+def test_scratch_takes_its_own_model_spec():
+    image = get_modality("image")
+    assert strategy_spec(_Choices("head"), "scratch", image)["backbone"] == "cnn_small"
+    assert strategy_spec(_Choices("head"), "head", image)["backbone"] == "efficientnet_lite0"
+    with pytest.raises(StageError, match="train.scratch_model.text: missing key"):
+        strategy_spec(_Choices("head"), "scratch", get_modality("text"))
+
+
+def test_study_chooses_strategies_and_keeps_a_leaderboard(tmp_path):
+    study = journal_study(tmp_path)
+    for name in ("head", "scratch"):
+        study.enqueue_trial({"strategy": name})
+    values = {"head": [0.7, 0.8], "scratch": [0.9, 0.6]}
+    seen = []
+
+    def objective(trial):
+        name = choose_strategy(trial, ["head", "scratch"])
+        seen.append(name)
+        return values[name].pop(0) if values[name] else 0.5
+
+    study.optimize(objective, n_trials=4)
+    assert seen[:2] == ["head", "scratch"]  # one of each first, in the listed order
+    board = leaderboard(study.get_trials(), "head")
+    assert set(board) == set(seen)
+    assert board["scratch"]["best_value"] == 0.9 and board["scratch"]["best_trial"] == 1
+    assert board["head"]["best_value"] == max(v for t, v in zip(seen, [t.value for t in study.trials]) if t == "head")
+    lines = history_csv(study.get_trials(), "head").splitlines()
+    assert lines[0] == "trial,strategy,value,best_value" and len(lines) == 5
+    assert [float(line.split(",")[3]) for line in lines[1:]] == [0.7, 0.9, 0.9, 0.9]
+
+
+def test_best_hyperparameters_include_fixed_values(tmp_path):
+    """A `fixed` search entry never enters trial.params; the final model must still get it (head_hidden here)."""
+    study = journal_study(tmp_path)
+    study.optimize(lambda t: suggest(t, _Choices.search["head"])["lr"], n_trials=1)
+    name, hp = best_hyperparameters(study.best_trial, _Choices("head"), ["head"])
+    assert name == "head" and hp["head_hidden"] == 256 and "lr" in hp and "head_hidden" not in study.best_trial.params
+
+
+def test_scratch_strategy_trains_a_random_init_cnn_at_native_size():
+    images = [png_bytes((8, 8), value=v) for v in (20, 60, 100, 140, 180, 220)]
+    data = SplitData(images, np.array([0, 0, 0, 1, 1, 1]), images[:2] + images[-2:], np.array([0, 0, 1, 1]))
+    spec = _Choices.scratch_model["image"]
+    strategy = ScratchStrategy(get_modality("image"), spec, data, metric="accuracy", patience=5,
+                               device=torch.device("cpu"), feature_batch_size=4)
+    result = strategy.fit({**HEAD_HP, "lr": 1e-2, "batch_size": 3, "max_epochs": 3}, lambda e, m: None, seed=0)
+    assert result.epochs_run >= 1 and result.model.backbone.feature_dim == 16
+    assert strategy.modality.to_batch(images[:2], spec, result.model.backbone).shape == (2, 1, 8, 8)
