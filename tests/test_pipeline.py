@@ -46,11 +46,20 @@ def test_repro_builds_and_registers_both_tasks(built):
         assert (repo / "models" / task / "compressed" / "model.safetensors").is_file()
         evaluation = json.loads((repo / "metrics" / task / "eval.json").read_text())
         assert {"accuracy", "macro_f1", "weighted_f1", "roc_auc", "log_loss", "per_class"} <= set(evaluation)
+        baseline = {"spam": "tfidf_svm", "animals": "small_cnn"}[task]
+        assert set(evaluation["baseline"]) == {baseline}
+        assert 0.0 <= evaluation["baseline"][baseline]["macro_f1"] <= 1.0
+        assert evaluation["margin_macro_f1"] == evaluation["macro_f1"] - evaluation["baseline"][baseline]["macro_f1"]
         assert (repo / "plots" / task / "confusion_matrix.png").stat().st_size > 1000
+        assert (repo / "plots" / task / "vs_baseline.csv").read_text().startswith("model,macro_f1,accuracy\nmodel,")
         card = (repo / "models" / task / "model_card.md").read_text()
         assert f"# Model card: {task}-classifier v1" in card and registered["data_md5"] in card
+        assert f"| baseline `{baseline}` |" in card
         train = json.loads((repo / "metrics" / task / "train.json").read_text())
         assert train["n_trials"] == 3 and train["n_complete"] >= 1
+        assert set(train["leaderboard"]) <= {"head", "scratch"} and train["best_strategy"] in train["leaderboard"]
+        history = (repo / "metrics" / task / "optimization_history.csv").read_text().splitlines()
+        assert history[0] == "trial,strategy,value,best_value" and len(history) == 1 + train["n_complete"]
 
 
 def test_conservation_in_every_data_stage(built):
@@ -161,3 +170,16 @@ def test_run_is_tagged_with_data_md5_and_git_commit(built):
                                       filter_string=f"tags.mlflow.parentRunId = '{run_.info.run_id}'")
         assert len(children) == 4
         assert set(children["tags.optuna.state"]) <= {"COMPLETE", "PRUNED"}
+
+
+def test_baselines_are_mlflow_runs_beside_the_study(built):
+    repo, _ = built
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = mlflow.get_experiment_by_name("finetune-spam")
+    runs = mlflow.search_runs([experiment.experiment_id], filter_string="tags.baseline = 'tfidf_svm'",
+                              output_format="list")
+    evaluation = json.loads((repo / "metrics" / "spam" / "eval.json").read_text())
+    assert len(runs) == 1 and runs[0].data.tags["test_digest"] == evaluation["test_digest"]
+    assert runs[0].data.metrics["test_macro_f1"] == evaluation["baseline"]["tfidf_svm"]["macro_f1"]
