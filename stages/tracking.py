@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.common import StageError
+from stages.workers import is_dead_local_worker, worker_id
 
 PINNED_PACKAGES = ("torch", "torchvision", "transformers", "mlflow", "optuna", "dvc", "pandas", "scikit-learn")
 
@@ -71,17 +72,13 @@ def lineage_tags() -> dict[str, str]:
 
 
 def worker_tags() -> dict[str, str]:
-    import socket
-
-    return {"worker": f"{socket.gethostname()}:{os.getpid()}"}
+    return {"worker": worker_id()}
 
 
 def close_dead_runs(experiment_id: str) -> list[str]:
     """End as KILLED every RUNNING run of this host whose process is gone (e.g. after kill -9)."""
     import mlflow
     from mlflow import MlflowClient
-
-    from stages.train import is_dead_local_worker
 
     runs = mlflow.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", output_format="list")
     closed = []

@@ -26,7 +26,6 @@ import json
 import math
 import multiprocessing
 import os
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from stages.model import (
     save_classifier,
     to_device,
 )
+from stages.workers import is_dead_local_worker, worker_id
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -396,26 +396,6 @@ def open_storage(url: str | None, study_dir: Path) -> optuna.storages.BaseStorag
     except Exception as exc:  # sqlalchemy raises many types for a bad URL or unreachable server
         raise StageError(f"params.yaml: train.storage: cannot open {url.split('@')[-1]}: "
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def is_dead_local_worker(worker: str | None) -> bool:
-    """True for a worker id of this host whose process no longer exists."""
-    if not worker:
-        return True
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError):
-        return False
-    return int(pid) == os.getpid()
 
 
 def recover_stale_trials(study: optuna.Study) -> list[int]:
