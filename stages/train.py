@@ -50,7 +50,7 @@ from stages.common import (
     write_json,
 )
 from stages.dropout import fast_dropout
-from stages.modalities import Modality, task_modality
+from stages.modalities import Modality, check_backbone, task_modality
 from stages.model import (
     Classifier,
     autocast,
@@ -484,7 +484,7 @@ def build_strategy(params: dict[str, Any], tp: TrainParams, task: str, data_path
     modality = task_modality(params, task)
     if modality.name not in tp.model:
         raise StageError(f"params.yaml: train.model.{modality.name}: missing key")
-    spec = dict(tp.model[modality.name])
+    spec = check_backbone(modality, dict(tp.model[modality.name]), f"train.model.{modality.name}")
     data = split_data(read_parquet(data_path), modality, labels)
     key = hashlib.sha256(json.dumps([file_md5(data_path), spec], sort_keys=True).encode()).hexdigest()[:16]
     strategy = get_strategy(tp.strategy)(modality, spec, data, metric=tp.metric, patience=tp.patience, device=device,
@@ -558,12 +558,21 @@ def run_workers(spec: WorkerSpec, n_workers: int) -> None:
 
 # ---------------------------------------------------------------- final model
 
+def trial_hyperparameters(trial: optuna.trial.FrozenTrial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """All of a trial's hyperparameters: the sampled ones and the search space's `type: fixed` values.
+
+    Optuna records only what `suggest_*` sampled, so a fixed value (e.g. `head_hidden: {type: fixed, value: 0}`)
+    is absent from `trial.params`.
+    """
+    return {**{k: v["value"] for k, v in space.items() if v.get("type") == "fixed"}, **trial.params}
+
+
 def final_model(study: optuna.Study, strategy: Any, tp: TrainParams, study_dir: Path, *, seed: int) -> Classifier:
     """The best trial's best-epoch checkpoint, or (train.final_model = refit) a refit with the best params."""
     from safetensors.torch import load_file
 
     best = study.best_trial
-    hp = {**{k: v["value"] for k, v in tp.search[tp.strategy].items() if v.get("type") == "fixed"}, **best.params}
+    hp = trial_hyperparameters(best, tp.search[tp.strategy])
     path = checkpoint_path(study_dir, best.number)
     if tp.final_model == "best_checkpoint" and path.is_file():
         return strategy.restore(load_file(str(path)), hp)
@@ -670,6 +679,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise StageError(f"study {name}: no trial completed ({states.count('PRUNED')} pruned, "
                              f"{states.count('FAIL')} failed)")
         best = study.best_trial
+        best_hp = trial_hyperparameters(best, tp.search[tp.strategy])
         model = final_model(study, strategy, tp, study_dir, seed=seed)
         summary_metrics = {
             f"best_val_{tp.metric}": best.value,
@@ -691,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "spec": spec,
             "strategy": tp.strategy,
             "feature_dim": int(model.backbone.feature_dim),
-            "head": {"hidden": int(best.params["head_hidden"]), "dropout": float(best.params["dropout"])},
+            "head": {"hidden": int(best_hp["head_hidden"]), "dropout": float(best_hp["dropout"])},
         }
         with atomic_path(args.model_dir) as tmp_dir:
             save_classifier(tmp_dir, model, config)
