@@ -28,7 +28,8 @@ def assert_one_line(code, stderr, *needles):
 
 
 def test_unknown_task(repo):
-    code, err = stage(repo, "stages.acquire", "nope", "--out", "x.parquet", "--metrics", "m.json")
+    code, err = stage(repo, "stages.acquire", "nope", "--source", "data/nope/source", "--out", "x.parquet",
+                      "--metrics", "m.json")
     assert_one_line(code, err, "tasks.nope", "unknown task", "news")
 
 
@@ -41,7 +42,8 @@ def test_missing_input_file(repo):
 def test_unknown_modality(repo, tmp_path):
     edit_params(repo, lambda p: p["tasks"]["spam"].update(modality="video"))
     try:
-        code, err = stage(repo, "stages.acquire", "spam", "--out", "x.parquet", "--metrics", "m.json")
+        code, err = stage(repo, "stages.acquire", "spam", "--source", "data/spam/source", "--out", "x.parquet",
+                          "--metrics", "m.json")
         assert_one_line(code, err, "tasks.spam.modality", "'video'")
     finally:
         edit_params(repo, lambda p: p["tasks"]["spam"].update(modality="text"))
@@ -52,10 +54,21 @@ def test_missing_label_column_in_table_source(repo, tmp_path):
     table.write_text("body,category\nhello there friend,a\n")
     edit_params(repo, lambda p: p["tasks"].update(mine={
         "modality": "text", "max_per_class": None, "labels": ["a"], "label_map": {},
-        "source": {"kind": "table", "path": str(table), "text_column": "body", "label_column": "label",
+        "source": {"kind": "table", "file": "mine.csv", "text_column": "body", "label_column": "label",
                    "license": "test"}}))
-    code, err = stage(repo, "stages.acquire", "mine", "--out", "x.parquet", "--metrics", "m.json")
+    code, err = stage(repo, "stages.acquire", "mine", "--source", str(tmp_path), "--out", "x.parquet",
+                      "--metrics", "m.json")
     assert_one_line(code, err, str(table), "'label'")
+
+
+def test_a_source_path_from_before_sources_were_dependencies_says_where_files_go(repo, tmp_path):
+    edit_params(repo, lambda p: p["tasks"].update(old={
+        "modality": "text", "max_per_class": None, "labels": ["a"], "label_map": {},
+        "source": {"kind": "table", "path": "data/incoming/old.csv", "text_column": "text", "label_column": "label",
+                   "license": "test"}}))
+    code, err = stage(repo, "stages.acquire", "old", "--source", "data/old/source", "--out", "x.parquet",
+                      "--metrics", "m.json")
+    assert_one_line(code, err, "tasks.old.source.path", "data/old/source/", "file:")
 
 
 def test_params_typo_names_the_key(repo):
