@@ -25,6 +25,7 @@ import random
 import re
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -38,7 +39,8 @@ def base_sentences(n: int, seed: int) -> list[str]:
     from stages.acquire import SOURCES
     from stages.modalities import get_modality
 
-    items = [*SOURCES["bbc_news"]({}, get_modality("text"))[0], *SOURCES["sms_spam"]({}, get_modality("text"))[0]]
+    text, unread = get_modality("text"), Path(".")  # packaged sources: no source folder is read
+    items = [*SOURCES["bbc_news"]({}, text, unread).items, *SOURCES["sms_spam"]({}, text, unread).items]
     seen, out = set(), []
     for item in sorted(items, key=lambda it: it.source_ref):
         for line in item.payload.splitlines():

@@ -20,6 +20,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -57,7 +58,7 @@ def main() -> None:
 
     settings = yaml.safe_load(open("params.yaml"))["clean"]["by_modality"]["image"]["near_duplicates"]
     modality = get_modality("image")
-    items, _, _ = SOURCES["animal_shape_mnist"]({}, modality)
+    items = SOURCES["animal_shape_mnist"]({}, modality, Path("data/animals/source")).items  # packaged: folder unread
     seen, originals = set(), []
     for item in items:
         digest = modality.content_hash(item.payload)

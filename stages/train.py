@@ -31,7 +31,6 @@ import json
 import math
 import multiprocessing
 import os
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from stages.common import (
     write_json,
 )
 from stages.dropout import fast_dropout
-from stages.modalities import Modality, task_modality
+from stages.modalities import Modality, check_backbone, task_modality
 from stages.model import (
     Classifier,
     autocast,
@@ -67,6 +66,7 @@ from stages.model import (
     save_classifier,
     to_device,
 )
+from stages.workers import is_dead_local_worker, worker_id
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -477,26 +477,6 @@ def open_storage(url: str | None, study_dir: Path) -> optuna.storages.BaseStorag
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def is_dead_local_worker(worker: str | None) -> bool:
-    """True for a worker id of this host whose process no longer exists."""
-    if not worker:
-        return True
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError):
-        return False
-    return int(pid) == os.getpid()
-
-
 def recover_stale_trials(study: optuna.Study) -> list[int]:
     """Fail trials left RUNNING by a dead worker and enqueue their params again; return their numbers."""
     from optuna.storages._heartbeat import is_heartbeat_enabled
@@ -593,6 +573,8 @@ class StrategyPool:
     def get(self, name: str) -> Any:
         if name not in self._built:
             spec = strategy_spec(self.tp, name, self.modality)
+            where = f"train.{'scratch_model' if name == 'scratch' else 'model'}.{self.modality.name}"
+            spec = check_backbone(self.modality, spec, where)
             key = hashlib.sha256(json.dumps([self.data_md5, spec], sort_keys=True).encode()).hexdigest()[:16]
             self._built[name] = get_strategy(name)(
                 self.modality, spec, self.data, metric=self.tp.metric, patience=self.tp.patience, device=self.device,
@@ -667,12 +649,22 @@ def run_workers(spec: WorkerSpec, n_workers: int) -> None:
 
 # ---------------------------------------------------------------- final model
 
+def trial_hyperparameters(trial: optuna.trial.FrozenTrial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """All of a trial's hyperparameters: the sampled ones and the search space's `type: fixed` values.
+
+    Optuna records only what `suggest_*` sampled, so a fixed value (e.g. `head_hidden: {type: fixed, value: 0}`)
+    is absent from `trial.params`.
+    """
+    return {**{k: v["value"] for k, v in space.items() if v.get("type") == "fixed"}, **trial.params}
+
+
 def best_hyperparameters(best: optuna.trial.FrozenTrial, tp: TrainParams, choices: Sequence[str]) -> tuple[str, dict[str, Any]]:
     """The best trial's strategy and every hyperparameter it trained with, `fixed` ones included (Optuna
     records only sampled values in `trial.params`)."""
     name = best.params.get("strategy", choices[0])
-    fixed = {k: v["value"] for k, v in tp.search[name].items() if v.get("type") == "fixed"}
-    return name, {**fixed, **{k: v for k, v in best.params.items() if k != "strategy"}}
+    hp = trial_hyperparameters(best, tp.search[name])
+    hp.pop("strategy", None)
+    return name, hp
 
 
 def final_model(study: optuna.Study, pool: StrategyPool, tp: TrainParams, study_dir: Path, *,

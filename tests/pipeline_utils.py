@@ -27,10 +27,10 @@ def copy_repo(dest: Path) -> Path:
             shutil.copy2(item, dest / item.name)
     for sub in ("data", "models"):
         (dest / sub).mkdir(exist_ok=True)
-    # The label stage depends on data/<task>/annotations (git keeps the folder; annotation files in it are
-    # `dvc add`-ed one by one): carry the folders, but no pipeline output.
-    for folder in sorted(REPO.glob("data/*/annotations")):
-        shutil.copytree(folder, dest / "data" / folder.parent.name / "annotations")
+    # Acquire depends on data/<task>/source and label on data/<task>/annotations (git keeps the folders; files
+    # in them are `dvc add`-ed): carry the folders, but no pipeline output.
+    for folder in sorted([*REPO.glob("data/*/annotations"), *REPO.glob("data/*/source")]):
+        shutil.copytree(folder, dest / "data" / folder.parent.name / folder.name)
     run(["git", "init", "-q"], dest)
     return dest
 

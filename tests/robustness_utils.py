@@ -55,22 +55,22 @@ def create_input_dirs(repo: Path, tasks: list[str]) -> None:
             path.mkdir(parents=True)
 
 
-def spam_profile(source_path: str | None = None):
-    """tiny_profile with only the `spam` task, optionally reading a `table` source at `source_path`."""
+def spam_profile(source_file: str | None = None):
+    """tiny_profile with only the `spam` task, optionally reading a `table` source `data/spam/source/<source_file>`."""
 
     def edit(params: dict) -> None:
         tiny_profile(params)
         params["run"] = ["spam"]
-        if source_path:
+        if source_file:
             params["tasks"]["spam"]["max_per_class"] = None
-            params["tasks"]["spam"]["source"] = {"kind": "table", "path": source_path, "text_column": "text",
+            params["tasks"]["spam"]["source"] = {"kind": "table", "file": source_file, "text_column": "text",
                                                  "label_column": "label", "license": "CC0-1.0"}
 
     return edit
 
 
-def apply_spam_profile(repo: Path, source_path: str | None = None) -> None:
-    edit_params(repo, spam_profile(source_path))
+def apply_spam_profile(repo: Path, source_file: str | None = None) -> None:
+    edit_params(repo, spam_profile(source_file))
     create_input_dirs(repo, ["spam"])
 
 

@@ -197,22 +197,21 @@ FILE_CASES = {
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     repo = copy_repo(tmp_path_factory.mktemp("badinput") / "repo")
-    incoming = repo / "data" / "incoming"
-    build_image_source(incoming / "images")
-    rows = build_text_table(incoming / "texts.csv")
-    build_text_folder(incoming / "textfiles")
+    # each task's files in its source folder, the dependency dvc.yaml gives its acquire stage
+    build_image_source(repo / "data" / "imgbad" / "source")
+    rows = build_text_table(repo / "data" / "txtbad" / "source" / "texts.csv")
+    build_text_folder(repo / "data" / "txtfiles" / "source")
 
     def edit(p):
         p["run"] = list(TASKS)
         p["tasks"]["imgbad"] = {"modality": "image", "max_per_class": None, "labels": ["a", "b"], "label_map": {},
-                                "source": {"kind": "folder", "path": "data/incoming/images", "license": "test"}}
+                                "source": {"kind": "folder", "license": "test"}}
         p["tasks"]["txtbad"] = {"modality": "text", "max_per_class": None, "labels": ["ham", "spam", "promo"],
-                                "label_map": {}, "source": {"kind": "table", "path": "data/incoming/texts.csv",
+                                "label_map": {}, "source": {"kind": "table", "file": "texts.csv",
                                                             "text_column": "text", "label_column": "label",
                                                             "license": "test"}}
         p["tasks"]["txtfiles"] = {"modality": "text", "max_per_class": None, "labels": ["ham", "spam"],
-                                  "label_map": {},
-                                  "source": {"kind": "folder", "path": "data/incoming/textfiles", "license": "test"}}
+                                  "label_map": {}, "source": {"kind": "folder", "license": "test"}}
         for task in TASKS:  # keys other tasks declare (label rules, ...), present but empty here
             for key, value in p["tasks"]["spam"].items():
                 p["tasks"][task].setdefault(key, type(value)() if isinstance(value, (list, dict)) else None)
@@ -314,6 +313,8 @@ def test_symlinks_out_of_a_folder_source_are_not_followed(corpus):
     raw = outputs(repo, "imgbad")["acquire"]
     assert not any("link" in ref for ref in raw["source_ref"]), list(raw["source_ref"])
     assert not any(ref.startswith("b/linkdir") for ref in raw["source_ref"])
+    # ...and not lost without a trace: acquire counts what it skipped, per reason
+    assert metrics(repo, "imgbad", "acquire")["files_skipped_by_reason"] == {"symlink": 2}
 
 
 @pytest.mark.parametrize("kind", sorted(TEXT_ROWS))
@@ -407,10 +408,10 @@ REFUSALS = {
 }
 
 
-def acquire_cli(repo: Path, task: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stages.acquire", task, "--out", str(tmp_path / "raw.parquet"),
-                           "--metrics", str(tmp_path / "acquire.json")], cwd=repo, env=env(), capture_output=True,
-                          text=True)
+def acquire_cli(repo: Path, task: str, tmp_path: Path, source: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stages.acquire", task, "--source", str(source),
+                           "--out", str(tmp_path / "raw.parquet"), "--metrics", str(tmp_path / "acquire.json")],
+                          cwd=repo, env=env(), capture_output=True, text=True)
 
 
 def assert_one_line_refusal(result, *needles):
@@ -431,8 +432,8 @@ def test_unsafe_archive_is_refused_in_one_line(corpus, tmp_path, kind):
     task = f"arch_{kind}"
     edit_params(repo, lambda p: p["tasks"].update({task: {
         "modality": "text", "max_per_class": None, "labels": ["ham", "spam"], "label_map": {},
-        "source": {"kind": "archive", "path": str(archive), "license": "test", "max_uncompressed_bytes": 1 << 20}}}))
-    result = acquire_cli(repo, task, tmp_path)
+        "source": {"kind": "archive", "file": name, "license": "test", "max_uncompressed_bytes": 1 << 20}}}))
+    result = acquire_cli(repo, task, tmp_path, archive.parent)
     assert_one_line_refusal(result, str(archive), needle)
     assert not (tmp_path / "raw.parquet").exists()
     # where an escaping member would land: next to the temp extraction folder, or at the absolute path
@@ -447,6 +448,6 @@ def test_non_utf8_table_is_refused_naming_the_line(corpus, tmp_path):
     table.write_bytes(b"text,label\nfine row,ham\ncaf\xe9 au lait,ham\n")
     edit_params(repo, lambda p: p["tasks"].update({"latin": {
         "modality": "text", "max_per_class": None, "labels": ["ham"], "label_map": {},
-        "source": {"kind": "table", "path": str(table), "text_column": "text", "label_column": "label",
+        "source": {"kind": "table", "file": table.name, "text_column": "text", "label_column": "label",
                    "license": "test"}}}))
-    assert_one_line_refusal(acquire_cli(repo, "latin", tmp_path), str(table), "line 3", "0xe9", "UTF-8")
+    assert_one_line_refusal(acquire_cli(repo, "latin", tmp_path, table.parent), str(table), "line 3", "0xe9", "UTF-8")

@@ -28,7 +28,8 @@ def assert_one_line(code, stderr, *needles):
 
 
 def test_unknown_task(repo):
-    code, err = stage(repo, "stages.acquire", "nope", "--out", "x.parquet", "--metrics", "m.json")
+    code, err = stage(repo, "stages.acquire", "nope", "--source", "data/nope/source", "--out", "x.parquet",
+                      "--metrics", "m.json")
     assert_one_line(code, err, "tasks.nope", "unknown task", "news")
 
 
@@ -41,7 +42,8 @@ def test_missing_input_file(repo):
 def test_unknown_modality(repo, tmp_path):
     edit_params(repo, lambda p: p["tasks"]["spam"].update(modality="video"))
     try:
-        code, err = stage(repo, "stages.acquire", "spam", "--out", "x.parquet", "--metrics", "m.json")
+        code, err = stage(repo, "stages.acquire", "spam", "--source", "data/spam/source", "--out", "x.parquet",
+                          "--metrics", "m.json")
         assert_one_line(code, err, "tasks.spam.modality", "'video'")
     finally:
         edit_params(repo, lambda p: p["tasks"]["spam"].update(modality="text"))
@@ -52,10 +54,21 @@ def test_missing_label_column_in_table_source(repo, tmp_path):
     table.write_text("body,category\nhello there friend,a\n")
     edit_params(repo, lambda p: p["tasks"].update(mine={
         "modality": "text", "max_per_class": None, "labels": ["a"], "label_map": {},
-        "source": {"kind": "table", "path": str(table), "text_column": "body", "label_column": "label",
+        "source": {"kind": "table", "file": "mine.csv", "text_column": "body", "label_column": "label",
                    "license": "test"}}))
-    code, err = stage(repo, "stages.acquire", "mine", "--out", "x.parquet", "--metrics", "m.json")
+    code, err = stage(repo, "stages.acquire", "mine", "--source", str(tmp_path), "--out", "x.parquet",
+                      "--metrics", "m.json")
     assert_one_line(code, err, str(table), "'label'")
+
+
+def test_a_source_path_from_before_sources_were_dependencies_says_where_files_go(repo, tmp_path):
+    edit_params(repo, lambda p: p["tasks"].update(old={
+        "modality": "text", "max_per_class": None, "labels": ["a"], "label_map": {},
+        "source": {"kind": "table", "path": "data/incoming/old.csv", "text_column": "text", "label_column": "label",
+                   "license": "test"}}))
+    code, err = stage(repo, "stages.acquire", "old", "--source", "data/old/source", "--out", "x.parquet",
+                      "--metrics", "m.json")
+    assert_one_line(code, err, "tasks.old.source.path", "data/old/source/", "file:")
 
 
 def test_params_typo_names_the_key(repo):
@@ -66,3 +79,70 @@ def test_params_typo_names_the_key(repo):
         assert_one_line(code, err, "split.val_ration")
     finally:
         edit_params(repo, lambda p: p["split"].pop("val_ration"))
+
+
+def tiny_table(path, n_per_class: int = 6):
+    """A minimal augmented table (train and val rows of two classes) for the train stage."""
+    import pandas as pd
+
+    rows = []
+    for label, word in (("ham", "lunch"), ("spam", "prize")):
+        for i in range(n_per_class):
+            rows.append({"id": f"{label}{i}", "modality": "text", "text": f"{word} message number {i}",
+                         "label": label, "split": "val" if i < 2 else "train"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_parquet(path, index=False)
+    return path
+
+
+def train_cli(repo, tmp_path):
+    table = tiny_table(tmp_path / "augmented.parquet")
+    return stage(repo, "stages.train", "spam", "--in", str(table), "--study-dir", str(tmp_path / "study"),
+                 "--model-dir", str(tmp_path / "model"), "--summary", str(tmp_path / "training.json"),
+                 "--metrics", str(tmp_path / "train.json"))
+
+
+@pytest.mark.parametrize("module,args", [
+    ("stages.train", None),
+    ("stages.label", ["spam", "--in", "data/spam/clean.parquet", "--annotations", "a", "--out", "o.parquet",
+                      "--quarantine", "q.parquet", "--rejected", "r.parquet", "--review-json", "r.json",
+                      "--review-csv", "r.csv", "--metrics", "m.json", "--feature-cache", "f.npz"]),
+])
+def test_unknown_backbone_names_the_key_and_the_known_ones(repo, tmp_path, module, args):
+    edit_params(repo, lambda p: p["train"]["model"]["text"].update(backbone="minilm_l7"))
+    try:
+        code, err = train_cli(repo, tmp_path) if args is None else stage(repo, module, *args)
+        assert_one_line(code, err, "train.model.text.backbone", "'minilm_l7'", "known: ['minilm_l6']")
+    finally:
+        edit_params(repo, lambda p: p["train"]["model"]["text"].update(backbone="minilm_l6"))
+
+
+def test_unknown_strategy_names_the_key_and_the_known_ones(repo, tmp_path):
+    edit_params(repo, lambda p: p["train"].update(strategy="lora9000"))
+    try:
+        code, err = train_cli(repo, tmp_path)
+        assert_one_line(code, err, "train.strategy", "'lora9000'", "known: ['full', 'head', 'lora']")
+    finally:
+        edit_params(repo, lambda p: p["train"].update(strategy="head"))
+
+
+@pytest.mark.slow
+def test_a_fixed_head_width_trains_and_saves(repo, tmp_path):
+    """`type: fixed` values never enter trial.params: the saved model must still get its head width."""
+    import json
+
+    def fixed(p):
+        p["train"].update(n_trials=1, patience=1)
+        p["train"]["model"]["text"]["max_length"] = 16
+        p["train"]["search"]["head"].update(head_hidden={"type": "fixed", "value": 0},
+                                            max_epochs={"type": "fixed", "value": 2})
+
+    original = (repo / "params.yaml").read_text()
+    edit_params(repo, fixed)
+    try:
+        code, err = train_cli(repo, tmp_path)
+    finally:
+        (repo / "params.yaml").write_text(original)
+    assert code == 0, err[-3000:]
+    config = json.loads((tmp_path / "model" / "classifier.json").read_text())
+    assert config["head"]["hidden"] == 0, config

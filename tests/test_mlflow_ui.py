@@ -1,4 +1,5 @@
-"""The MLflow UI, checked in a real browser: the study's parent run, its trial runs and their metrics show up.
+"""The MLflow UI, checked in a real browser: a user who opens the experiment lands on the study's parent run and
+its trial runs (not MLflow 3's GenAI overview), and their metrics show up.
 
 Builds a tiny pipeline (spam only, up to train) in a temp copy, starts `mlflow ui` on 127.0.0.1 against the
 SQLite store it filled, and drives Debian's headless Chromium with Playwright. The screenshot is kept under the
@@ -91,25 +92,28 @@ def ui_url(store):
         log.close()
 
 
-def study_runs(repo: Path) -> tuple[str, str, list[str], str]:
-    """From the store itself: experiment id, parent run name, trial run names, the per-epoch metric name."""
+def study_runs(repo: Path) -> tuple[str, str, str, list[str], str]:
+    """From the store itself: experiment id and name, parent run name, trial run names, the per-epoch metric."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     summary = json.loads((repo / "models" / TASK / "training.json").read_text())
     parent = client.get_run(summary["run_id"])
+    experiment = client.get_experiment(parent.info.experiment_id)
+    # the experiment's kind (MLflow 3 reads and sets this tag in its UI): model training, not GenAI
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development", experiment.tags
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert children, "the study has no nested trial runs in the store"
     trial_metrics = set().union(*(c.data.metrics for c in children))
     per_epoch = sorted(k for k in trial_metrics if k.startswith("val_")) or sorted(trial_metrics)
-    return (parent.info.experiment_id, parent.info.run_name,
+    return (parent.info.experiment_id, experiment.name, parent.info.run_name,
             sorted(c.info.run_name for c in children), per_epoch[0])
 
 
 def test_experiment_page_shows_study_trials_and_metrics(store, ui_url, tmp_path, capsys):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
-    experiment_id, parent_name, trial_names, metric = study_runs(store)
+    experiment_id, experiment_name, parent_name, trial_names, metric = study_runs(store)
 
     with sync_api.sync_playwright() as playwright:
         # a persistent context gives a fresh, throwaway profile; executable_path means Playwright never fetches a browser
@@ -119,8 +123,15 @@ def test_experiment_page_shows_study_trials_and_metrics(store, ui_url, tmp_path,
         try:
             page = context.new_page()
             page.set_default_timeout(30_000)
-            page.goto(f"{ui_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+            # as a user gets there (README, MLflow): the experiment list, the sidebar switch on "Model training"
+            # (MLflow 3.17 opens every experiment on the GenAI overview, traces and tokens, until it is; the
+            # browser remembers it), then a click on the experiment
+            page.goto(f"{ui_url}/#/experiments")
+            page.get_by_text("Model training", exact=True).first.click()
+            page.get_by_role("link", name=experiment_name, exact=True).click()
+            page.wait_for_url(f"**/experiments/{experiment_id}**")
             page.get_by_text(parent_name, exact=True).wait_for()
+            landing = page.url
             assistant = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
             if assistant.count():
                 assistant.first.click()
@@ -144,6 +155,7 @@ def test_experiment_page_shows_study_trials_and_metrics(store, ui_url, tmp_path,
         finally:
             context.close()
 
+    assert "/runs" in landing and "overview" not in landing, f"landed on {landing}, not the training runs"
     for name in [parent_name, *trial_names, metric]:
         assert name in body, f"{name!r} not on the page"
     assert table_shot.stat().st_size > 10_000 and chart_shot.stat().st_size > 10_000

@@ -1,9 +1,11 @@
 """Dataset versions end to end, with real git, DVC and MLflow: rollback round trip, lineage, remote, verify.
 
-One tiny `spam` pipeline is built twice in a temp copy of the repository from a `table` source:
-v1, then v2 after adding rows, removing rows and editing a label. The tests then roll back to v1
-and forward to v2 through `python -m stages.versions`, push to the default remote, wipe the cache
-and pull, and corrupt a cache file for `versions verify` to find.
+One tiny `spam` pipeline is built twice in a temp copy of the repository from a `table` source in
+`data/spam/source/`, versioned with `dvc add` as the README advises: v1, then v2 after editing the CSV in
+place (rows added, rows removed, a label changed) and a plain `dvc repro`, which must notice the edit and
+rerun acquire through register. The tests then roll back to v1 and forward to v2 through
+`python -m stages.versions`, push to the default remote, wipe the cache and pull, and corrupt a cache file
+for `versions verify` to find.
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.pipeline_utils import copy_repo, dvc, run
+from tests.pipeline_utils import copy_repo, dvc, run, stages_run
 from tests.robustness_utils import apply_spam_profile, cache_tracked_inputs, synthetic_sms, write_csv
 from tests.robustness_utils import data_files as task_files
 
 pytestmark = pytest.mark.slow
 
 TASK = "spam"
-SOURCE = "data/incoming/spam.csv"
+SOURCE_DIR = "data/spam/source"
+SOURCE_FILE = "spam.csv"
+SOURCE = f"{SOURCE_DIR}/{SOURCE_FILE}"
+PIPELINE = ("acquire", "clean", "label", "split", "augment", "train", "evaluate", "compress", "register")
 TIMINGS: dict[str, float] = {}
 
 
@@ -56,25 +61,42 @@ def commit(repo: Path, message: str, tag: str | None = None) -> str:
 def built(tmp_path_factory):
     repo = copy_repo(tmp_path_factory.mktemp("versions") / "repo")
     rows = synthetic_sms(40, seed=1)
+    (repo / SOURCE_DIR / "README.md").unlink()  # the packaged task's note: this task now reads its own file
     write_csv(repo / SOURCE, rows)
 
-    apply_spam_profile(repo, SOURCE)
+    apply_spam_profile(repo, SOURCE_FILE)
+    dvc(["add", SOURCE_DIR], repo)
     cache_tracked_inputs(repo)
     commit(repo, "code and params")
     timed("build v1 (dvc repro)", dvc, ["repro"], repo)
     v1 = {"rev": commit(repo, "data: spam v1", "data/spam/v1"), "files": data_files(repo),
           "registered": (repo / "models" / TASK / "registered.json").read_text()}
 
-    # v2: add rows, remove rows, edit a label
+    # v2: the CSV edited in place (rows added and removed, a label changed), then a plain `dvc repro`
     changed = [r for i, r in enumerate(rows) if i not in (0, 1, 2, 40, 41, 42)] + synthetic_sms(5, seed=2)
     changed[10] = {**changed[10], "label": "spam" if changed[10]["label"] == "ham" else "ham"}
     write_csv(repo / SOURCE, changed)
-    timed("build v2 (dvc repro -f acquire@spam; dvc repro)",
-          lambda: (dvc(["repro", "-f", f"acquire@{TASK}"], repo), dvc(["repro"], repo)))
+    status = dvc(["status", f"acquire@{TASK}"], repo).stdout
+    assert "modified" in status and SOURCE_DIR in status, status
+    second = timed("build v2 (dvc repro)", dvc, ["repro"], repo)
     v2 = {"rev": commit(repo, "data: spam v2", "data/spam/v2"), "files": data_files(repo),
-          "registered": (repo / "models" / TASK / "registered.json").read_text()}
+          "registered": (repo / "models" / TASK / "registered.json").read_text(), "ran": stages_run(second.stdout)}
     assert v1["files"] != v2["files"]
     return repo, v1, v2
+
+
+def test_editing_the_source_in_place_reruns_acquire_through_register(built):
+    repo, v1, v2 = built
+    assert v2["ran"] == {f"{stage}@{TASK}" for stage in PIPELINE}, v2["ran"]
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    first, second = (json.loads(v["registered"]) for v in (v1, v2))
+    md5s = [client.get_model_version(f"{TASK}-classifier", str(r["version"])).tags["data.md5"] for r in (first, second)]
+    assert md5s[0] != md5s[1]
+    assert md5s == [augmented_md5(v1["rev"], repo), augmented_md5(v2["rev"], repo)]
+    # the edited source was versioned by that repro too: its .dvc file changed with the data
+    assert run(["git", "diff", "--name-only", v1["rev"], v2["rev"]], repo).stdout.count(f"{SOURCE_DIR}.dvc") == 1
 
 
 def augmented_md5(files_rev: str, repo: Path) -> str:

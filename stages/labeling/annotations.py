@@ -122,6 +122,25 @@ def _annotator_id(completed_by: object) -> str | None:
     return str(completed_by).strip()
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection"); review.csv carries
+# untrusted source text, so such cells are written with a leading apostrophe. The apostrophe itself is escaped
+# too, so reading back is exact: drop one leading apostrophe.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_escape(value: object) -> object:
+    """A cell value safe to open in a spreadsheet; `csv_unescape` gives the original back."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def csv_unescape(value: object) -> object:
+    if isinstance(value, str) and value.startswith("'"):
+        return value[1:]
+    return value
+
+
 def parse_csv(name: str, text: str) -> Parsed:
     """Annotations from a filled-in review CSV: columns `item_id`, `label` and (optionally filled) `annotator`.
 
@@ -131,7 +150,7 @@ def parse_csv(name: str, text: str) -> Parsed:
     import pandas as pd
 
     try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False).map(csv_unescape)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise StageError(f"{name}: unreadable CSV: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     for column in (ITEM_ID, LABEL_FIELD):

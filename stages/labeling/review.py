@@ -16,7 +16,7 @@ from xml.sax.saxutils import quoteattr
 
 import pandas as pd
 
-from stages.labeling.annotations import ANNOTATOR_FIELD, ITEM_ID, LABEL_FIELD
+from stages.labeling.annotations import ANNOTATOR_FIELD, ITEM_ID, LABEL_FIELD, csv_escape
 
 FROM_NAME = "label"  # the <Choices> tag name; Label Studio writes it into every result as `from_name`
 _MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
@@ -77,13 +77,18 @@ def label_studio_tasks(queue: pd.DataFrame, *, payload_column: str, model_versio
 
 
 def review_csv(queue: pd.DataFrame, *, payload_column: str) -> str:
-    """The queue as CSV for people without Label Studio: fill in `label` (and `annotator`), then put it back."""
+    """The queue as CSV for people without Label Studio: fill in `label` (and `annotator`), then put it back.
+
+    Cells that a spreadsheet would run as a formula are escaped (`annotations.csv_escape`); reading the file
+    back with `annotations.parse_csv` reverses it.
+    """
     cols = review_columns(queue).rename(columns={"id": ITEM_ID})
     cols[payload_column] = [_data_value(p) for p in queue[payload_column]]
     cols[LABEL_FIELD] = ""
     cols[ANNOTATOR_FIELD] = ""
     buffer = io.StringIO()
-    cols.to_csv(buffer, index=False, lineterminator="\n")
+    # CRLF rows (RFC 4180): a field holding a bare CR is then quoted too; with LF rows a CR split the row
+    cols.map(csv_escape).to_csv(buffer, index=False, lineterminator="\r\n")
     return buffer.getvalue()
 
 

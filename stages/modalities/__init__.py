@@ -38,7 +38,7 @@ def get_modality(name: str) -> Modality:
         raise ValueError(f"unknown modality {name!r}; known: {sorted(MODALITIES)}") from None
 
 
-__all__ = ["MODALITIES", "Modality", "get_modality", "modality_section", "register", "task_modality"]
+__all__ = ["MODALITIES", "Modality", "check_backbone", "get_modality", "modality_section", "register", "task_modality"]
 
 
 def modality_section(sections: dict[str, Any], modality: Modality, where: str) -> Any:
@@ -59,3 +59,13 @@ def task_modality(params: dict[str, Any], task: str) -> Modality:
         return get_modality(name)
     except ValueError as exc:
         raise StageError(f"params.yaml: tasks.{task}.modality: {exc}") from None
+
+
+def check_backbone(modality: Modality, spec: dict[str, Any], where: str) -> dict[str, Any]:
+    """`spec` (a `train.model.<modality>` section) if its backbone is one the modality knows; else a one-line error."""
+    from stages.common import StageError
+
+    known = modality.backbone_names()
+    if spec.get("backbone") not in known:
+        raise StageError(f"params.yaml: {where}.backbone: unknown backbone {spec.get('backbone')!r}; known: {known}")
+    return spec

@@ -79,6 +79,29 @@ def decode_image(payload: bytes, *, max_pixels: int, formats: Sequence[str] | No
     return image, None
 
 
+def to_eight_bit(image: Any) -> Any:
+    """Scale a high-bit-depth single-channel image (16-bit, 32-bit integer, float) to 8-bit "L".
+
+    PIL's own `convert("L")` clips every value above 255, so a 16-bit scan became a blank white frame that kept
+    its label. Integer images are scaled from their bit depth (16 bits unless a value needs more), float images
+    from [0, 1] (or clipped to [0, 255] when their values are already on that scale). Other modes pass through.
+    """
+    import numpy as np
+    from PIL import Image
+
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        scale = 255.0 if pixels.size and pixels.max() <= 1.0 else 1.0
+    else:
+        top = float(pixels.max()) if pixels.size else 0.0
+        # a 16-bit file holds 0..65535 whatever its content; "I" may hold 8-bit values, or wider ones
+        bits = 16 if image.mode.startswith("I;16") or 255 < top <= 65535 else (8 if top <= 255 else 32)
+        scale = 255.0 / (2 ** bits - 1)
+    return Image.fromarray(np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8), mode="L")
+
+
 @register("image")
 class ImageModality(Modality):
     payload_column = "image"
@@ -102,7 +125,7 @@ class ImageModality(Modality):
             return None, "too_small"
         if max(image.size) > params.max_side:
             return None, "too_large"
-        image = ImageOps.exif_transpose(image).convert(params.mode)
+        image = to_eight_bit(ImageOps.exif_transpose(image)).convert(params.mode)
         if image.size != (params.size, params.size):
             image = image.resize((params.size, params.size), Image.Resampling.BILINEAR)
         return encode_png(image), None

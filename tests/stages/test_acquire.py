@@ -31,20 +31,25 @@ def write(path: Path, data: bytes | str) -> Path:
     return path
 
 
+def collect_folder(root: Path, modality=TEXT):
+    collected = SOURCES["folder"]({"kind": "folder", "license": "CC0"}, modality, root)
+    assert collected.source_name == f"folder:{root}"
+    assert collected.license == "CC0"
+    return collected
+
+
 def read_folder(root: Path, modality=TEXT) -> list[Item]:
-    items, source_name, license = SOURCES["folder"]({"kind": "folder", "path": str(root), "license": "CC0"}, modality)
-    assert source_name == f"folder:{root}"
-    assert license == "CC0"
-    return items
+    return collect_folder(root, modality).items
 
 
 def read_table_source(path: Path, *, text_column: str = "text", label_column: str = "label") -> list[Item]:
-    spec = {"kind": "table", "path": str(path), "text_column": text_column, "label_column": label_column,
+    spec = {"kind": "table", "file": path.name, "text_column": text_column, "label_column": label_column,
             "license": "CC-BY-4.0"}
-    items, source_name, license = SOURCES["table"](spec, TEXT)
-    assert source_name == f"table:{path}"
-    assert license == "CC-BY-4.0"
-    return items
+    collected = SOURCES["table"](spec, TEXT, path.parent)
+    assert collected.source_name == f"table:{path}"
+    assert collected.license == "CC-BY-4.0"
+    assert collected.skipped == {}
+    return collected.items
 
 
 # ---------------------------------------------------------------- folder source
@@ -82,6 +87,54 @@ def test_folder_records_cp1252_fallback_encoding(tmp_path):
     assert dict(zip(frame["source_ref"], frame["source_encoding"])) == {"x/win.txt": "cp1252", "x/bom.txt": "utf-8-sig"}
 
 
+def test_folder_counts_every_file_it_skips_per_reason(tmp_path):
+    """Nothing in a source vanishes unaccounted: links, hidden files and stray files are counted, not just skipped."""
+    outside = tmp_path / "outside"
+    write(outside / "secret.txt", "SECRET FILE")
+    write(outside / "deep" / "a.txt", "in a linked folder")
+    write(outside / "deep" / "b.txt", "in a linked folder")
+    root = tmp_path / "src"
+    write(root / "pos" / "a.txt", "good film")
+    write(root / "pos" / ".swap.txt", "editor swap file")
+    write(root / "pos" / ".cache" / "x.txt", "in a hidden folder")
+    write(root / "pos" / ".cache" / "y.txt", "in a hidden folder")
+    write(root / ".DS_Store", "finder clutter")
+    write(root / "notes.txt", "a file outside any class folder")
+    os.symlink(outside / "secret.txt", root / "pos" / "link.txt")
+    os.symlink(outside / "deep", root / "pos" / "linkdir", target_is_directory=True)
+    os.symlink(outside, root / "evilclass", target_is_directory=True)
+    collected = collect_folder(root)
+    assert [item.source_ref for item in collected.items] == ["pos/a.txt"]
+    # a skipped folder counts once: nothing in it is looked at
+    assert collected.skipped == {"hidden": 3, "not_in_a_class_folder": 1, "symlink": 3}
+
+
+def test_acquire_metrics_count_skipped_files(tmp_path):
+    """The stage writes the counts to acquire.json, where `dvc metrics diff` shows them."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.pipeline_utils import copy_repo, edit_params, env
+
+    repo = copy_repo(tmp_path / "repo")
+    source = repo / "data" / "mine" / "source"
+    write(source / "pos" / "a.txt", "good film")
+    write(source / "neg" / "b.txt", "dull")
+    write(source / "neg" / ".hidden.txt", "skipped")
+    os.symlink(source / "pos" / "a.txt", source / "neg" / "link.txt")
+    edit_params(repo, lambda p: p["tasks"].update(mine={
+        "modality": "text", "max_per_class": None, "labels": ["neg", "pos"], "label_map": {},
+        "source": {"kind": "folder", "license": "test"}}))
+    result = subprocess.run([sys.executable, "-m", "stages.acquire", "mine", "--source", "data/mine/source",
+                             "--out", "raw.parquet", "--metrics", "acquire.json"], cwd=repo, env=env(),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((repo / "acquire.json").read_text())
+    assert metrics["rows"] == 2
+    assert metrics["files_skipped_by_reason"] == {"hidden": 1, "symlink": 1} and metrics["files_skipped"] == 2
+
+
 def test_folder_does_not_follow_symlinks_out_of_the_folder(tmp_path):
     outside = tmp_path / "outside"
     write(outside / "secret.txt", "SECRET FILE")
@@ -114,7 +167,7 @@ def test_folder_missing_raises(tmp_path):
 
 def test_folder_bad_spec_names_the_key(tmp_path):
     with pytest.raises(StageError, match="license"):
-        SOURCES["folder"]({"kind": "folder", "path": str(tmp_path)}, TEXT)
+        SOURCES["folder"]({"kind": "folder"}, TEXT, tmp_path)
 
 
 # ---------------------------------------------------------------- table source
@@ -374,11 +427,15 @@ def _zip(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def collect_archive(path: Path, *, cap: int = 1 << 20, modality=TEXT):
+    spec = {"kind": "archive", "file": path.name, "license": "CC0", "max_uncompressed_bytes": cap}
+    collected = SOURCES["archive"](spec, modality, path.parent)
+    assert collected.source_name == f"archive:{path}" and collected.license == "CC0"
+    return collected
+
+
 def read_archive_source(path: Path, *, cap: int = 1 << 20, modality=TEXT) -> list[Item]:
-    spec = {"kind": "archive", "path": str(path), "license": "CC0", "max_uncompressed_bytes": cap}
-    items, source_name, license = SOURCES["archive"](spec, modality)
-    assert source_name == f"archive:{path}" and license == "CC0"
-    return items
+    return collect_archive(path, cap=cap, modality=modality).items
 
 
 ARCHIVE_MEMBERS = {"pos/a.txt": b"good film", "neg/b.txt": b"dull", "unlabeled/c.txt": b"who knows"}
@@ -396,8 +453,11 @@ def test_archive_reads_like_a_folder_with_member_mtimes(tmp_path, name, make):
 
 
 def test_archive_symlink_members_are_not_followed(tmp_path):
-    path = write(tmp_path / "src.tar.gz", _tar_gz(ARCHIVE_MEMBERS, links={"pos/link.txt": "/etc/hostname"}))
-    assert "pos/link.txt" not in {item.source_ref for item in read_archive_source(path)}
+    path = write(tmp_path / "src.tar.gz", _tar_gz({**ARCHIVE_MEMBERS, "pos/.hidden.txt": b"x"},
+                                                  links={"pos/link.txt": "/etc/hostname"}))
+    collected = collect_archive(path)
+    assert "pos/link.txt" not in {item.source_ref for item in collected.items}
+    assert collected.skipped == {"hidden": 1, "symlink": 1}  # counted, not silently dropped
 
 
 @pytest.mark.parametrize("name,why", [
@@ -438,7 +498,7 @@ def test_archive_unknown_format_and_garbage_are_one_line_errors(tmp_path):
 
 def test_archive_spec_without_a_cap_names_the_key(tmp_path):
     with pytest.raises(StageError, match="max_uncompressed_bytes"):
-        SOURCES["archive"]({"kind": "archive", "path": str(tmp_path / "x.zip"), "license": "CC0"}, TEXT)
+        SOURCES["archive"]({"kind": "archive", "file": "x.zip", "license": "CC0"}, TEXT, tmp_path)
 
 
 def test_non_utf8_csv_names_the_line(tmp_path):

@@ -184,3 +184,38 @@ def test_evaluate_slices_per_label_source():
     out = evaluate_slices(y, proba, ["source", "human", "model", "source"])
     assert out["source"] == {"n": 2, "accuracy": 1.0, "macro_f1": 1.0}
     assert out["model"]["accuracy"] == 0.0 and out["human"]["n"] == 1
+
+
+# ---------------------------------------------------------------- review CSV: spreadsheet formula injection
+
+FORMULAS = ['=HYPERLINK("http://evil.example","click")', "+1+2", "-2+3", "@SUM(A1:A2)", "\tTAB=1",
+            "\rCR=1", "'=already quoted", "plain text, kept as is", "a = b inside is fine"]
+
+
+def test_review_csv_neutralises_formula_cells_and_reading_it_back_restores_them():
+    import io
+
+    import pandas as pd
+
+    from stages.labeling import review
+
+    queue = pd.DataFrame({"id": [f"-id{i}" if i == 2 else f"id{i}" for i in range(len(FORMULAS))], "text": FORMULAS,
+                          "label": ["=cmd|' /C calc'!A0"] + ["ham"] * (len(FORMULAS) - 1),
+                          "label_confidence": [1.0] * len(FORMULAS), "review_reason": ["unlabeled"] * len(FORMULAS)})
+    text = review.review_csv(queue, payload_column="text")
+
+    # what a spreadsheet sees: no cell starts a formula
+    raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    cells = [v for column in raw.columns for v in raw[column]]
+    assert not [v for v in cells if v[:1] in ("=", "+", "-", "@", "\t", "\r")]
+
+    # reading back: the exact source text, ids and labels
+    back = raw.map(ann.csv_unescape)
+    assert list(back["text"]) == FORMULAS
+    assert list(back["item_id"]) == list(queue["id"]) and back["current_label"][0] == queue["label"][0]
+
+    raw["label"] = "ham"
+    raw.loc[0, "label"] = "'-neg"  # a label that starts with a formula character, typed escaped as the file does
+    parsed = ann.parse_csv("r.csv", raw.to_csv(index=False, lineterminator="\r\n"))  # as a spreadsheet saves it
+    assert [a.item_id for a in parsed.annotations] == list(queue["id"])
+    assert parsed.annotations[0].label == "-neg"

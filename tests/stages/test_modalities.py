@@ -205,6 +205,30 @@ def test_image_normalise_mode_size_and_reasons(make_png):
     assert IMAGE.normalise(bytearray(make_png((16, 16))), params)[1] is None
 
 
+@pytest.mark.parametrize("dtype,dark,bright", [
+    ("uint16", 1_000, 60_000),        # PNG 16-bit grayscale: PIL mode I;16
+    ("int32", 1_000, 60_000),         # PIL mode I, holding 16-bit values
+    ("float32", 0.02, 0.9),           # PIL mode F, on [0, 1]
+])
+def test_high_bit_depth_images_are_scaled_not_clipped(dtype, dark, bright):
+    """A 16-bit scan used to become a blank frame (every value above 255 clipped) that kept its label."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.full((32, 32), dark, dtype=dtype)
+    pixels[:, 16:] = bright  # the shape: a bright right half
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG" if dtype == "uint16" else "TIFF")
+    params = IMAGE.clean_params(image_values(size=32, formats=["PNG", "TIFF"]))
+    payload, reason = IMAGE.normalise(buffer.getvalue(), params)
+    assert reason is None
+    with Image.open(io.BytesIO(payload)) as out:
+        result = np.asarray(out)
+    assert out.mode == "L"
+    left, right = result[:, :14].mean(), result[:, 18:].mean()
+    assert left < 20 and right > 200, (left, right)  # the shape survives, on the 8-bit scale
+
+
 def test_image_normalise_applies_exif_orientation():
     from PIL import Image
 

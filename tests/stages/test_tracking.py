@@ -6,6 +6,8 @@ import pytest
 
 from tests.conftest import dead_worker, live_worker
 
+KIND = "mlflow.experimentKind"  # the tag MLflow 3's UI reads and writes for an experiment's kind
+
 
 @pytest.fixture
 def client(tmp_path):
@@ -66,3 +68,21 @@ def test_a_trial_run_killed_as_soon_as_it_exists_is_still_closed(client, tmp_pat
     assert run.info.status == "RUNNING" and run.data.tags["optuna.trial"] == "0"
     assert close_dead_runs(experiment) == [run.info.run_id]
     assert client.get_run(run.info.run_id).info.status == "KILLED"
+
+
+def test_experiments_are_created_and_kept_marked_as_model_training(client, tmp_path):
+    """MLflow 3's UI opens an experiment on the view its `mlflow.experimentKind` tag names: training runs, not GenAI."""
+    from stages import tracking
+
+    params = {"base": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "artifact_root": str(tmp_path / "art"),
+                       "experiment_prefix": "finetune"}}
+    created = tracking.ensure_experiment(params, "news")
+    assert client.get_experiment(created).tags.get(KIND) == "custom_model_development"
+
+    # an experiment from before the tag: marked on next use; one whose kind a user set in the UI: left alone
+    old = client.create_experiment("finetune-spam")
+    chosen = client.create_experiment("finetune-animals", tags={KIND: "genai_development"})
+    assert tracking.ensure_experiment(params, "spam") == old
+    assert client.get_experiment(old).tags.get(KIND) == "custom_model_development"
+    tracking.ensure_experiment(params, "animals")
+    assert client.get_experiment(chosen).tags.get(KIND) == "genai_development"
