@@ -128,20 +128,22 @@ def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
     raise StageError(f"params.yaml: train.metric: unknown metric {metric!r}; known: ['accuracy', 'macro_f1']")
 
 
-def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]], *, prefix: str = "") -> dict[str, Any]:
     """Sample one value per entry of a params.yaml search space.
 
     Each entry is `{type: float|int, low, high, log}`, `{type: categorical, choices}` or `{type: fixed, value}`.
+    Optuna parameters are named `prefix + name` (a study choosing among strategies prefixes `<strategy>.`: one
+    name with two ranges in one study is an error in Optuna); the returned keys are the plain names.
     """
     values = {}
     for name, spec in space.items():
-        kind = spec.get("type")
+        kind, key = spec.get("type"), prefix + name
         if kind == "float":
-            values[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+            values[name] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
         elif kind == "int":
-            values[name] = trial.suggest_int(name, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
+            values[name] = trial.suggest_int(key, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
         elif kind == "categorical":
-            values[name] = trial.suggest_categorical(name, list(spec["choices"]))
+            values[name] = trial.suggest_categorical(key, list(spec["choices"]))
         elif kind == "fixed":
             values[name] = spec["value"]
         else:
@@ -402,6 +404,11 @@ def strategy_spec(tp: TrainParams, name: str, modality: Modality) -> dict[str, A
     return dict(section[modality.name])
 
 
+def param_prefix(name: str, choices: Sequence[str]) -> str:
+    """Optuna parameter names of strategy `name`: `<name>.lr` etc. when the study chooses among strategies."""
+    return f"{name}." if len(choices) > 1 else ""
+
+
 def choose_strategy(trial: optuna.Trial, choices: Sequence[str]) -> str:
     """The trial's strategy: the categorical parameter `strategy` when there is a choice."""
     return trial.suggest_categorical("strategy", list(choices)) if len(choices) > 1 else choices[0]
@@ -495,9 +502,9 @@ def recover_stale_trials(study: optuna.Study) -> list[int]:
 
 
 def run_trial(trial: optuna.Trial, strategy: Any, space: dict[str, dict[str, Any]], *, seed: int,
-              on_epoch: EpochCallback) -> FitResult:
+              on_epoch: EpochCallback, prefix: str = "") -> FitResult:
     """One Optuna trial: sample, fit with per-epoch reporting and pruning, record the best epoch."""
-    hp = suggest(trial, space)
+    hp = suggest(trial, space, prefix=prefix)
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         on_epoch(epoch, metrics)
@@ -613,8 +620,9 @@ def run_worker(spec: WorkerSpec) -> None:
         trial.set_user_attr("worker", worker_id())
         name = choose_strategy(trial, pool.choices)
         strategy = pool.get(name)
+        prefix = param_prefix(name, pool.choices)
         result = tracking.tracked_trial(trial, lambda on_epoch: run_trial(trial, strategy, tp.search[name], seed=seed,
-                                                                          on_epoch=on_epoch),
+                                                                          on_epoch=on_epoch, prefix=prefix),
                                         metric=tp.metric, parent_run_id=parent_run_id)
         best_so_far = max((t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                            if t.value is not None), default=-math.inf)
@@ -649,22 +657,22 @@ def run_workers(spec: WorkerSpec, n_workers: int) -> None:
 
 # ---------------------------------------------------------------- final model
 
-def trial_hyperparameters(trial: optuna.trial.FrozenTrial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def trial_hyperparameters(sampled: dict[str, Any], space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """All of a trial's hyperparameters: the sampled ones and the search space's `type: fixed` values.
 
     Optuna records only what `suggest_*` sampled, so a fixed value (e.g. `head_hidden: {type: fixed, value: 0}`)
     is absent from `trial.params`.
     """
-    return {**{k: v["value"] for k, v in space.items() if v.get("type") == "fixed"}, **trial.params}
+    return {**{k: v["value"] for k, v in space.items() if v.get("type") == "fixed"}, **sampled}
 
 
 def best_hyperparameters(best: optuna.trial.FrozenTrial, tp: TrainParams, choices: Sequence[str]) -> tuple[str, dict[str, Any]]:
     """The best trial's strategy and every hyperparameter it trained with, `fixed` ones included (Optuna
     records only sampled values in `trial.params`)."""
     name = best.params.get("strategy", choices[0])
-    hp = trial_hyperparameters(best, tp.search[name])
-    hp.pop("strategy", None)
-    return name, hp
+    prefix = param_prefix(name, choices)
+    sampled = {k[len(prefix):]: v for k, v in best.params.items() if k != "strategy" and k.startswith(prefix)}
+    return name, trial_hyperparameters(sampled, tp.search[name])
 
 
 def final_model(study: optuna.Study, pool: StrategyPool, tp: TrainParams, study_dir: Path, *,

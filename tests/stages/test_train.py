@@ -304,3 +304,34 @@ def test_scratch_strategy_trains_a_random_init_cnn_at_native_size():
     result = strategy.fit({**HEAD_HP, "lr": 1e-2, "batch_size": 3, "max_epochs": 3}, lambda e, m: None, seed=0)
     assert result.epochs_run >= 1 and result.model.backbone.feature_dim == 16
     assert strategy.modality.to_batch(images[:2], spec, result.model.backbone).shape == (2, 1, 8, 8)
+
+
+def test_strategies_with_clashing_ranges_share_one_study(tmp_path):
+    """`batch_size` with other choices in each strategy: Optuna refuses one name with two ranges, so each
+    strategy's parameters are prefixed; the best trial's hyperparameters come back under their plain names."""
+    from stages.train import param_prefix
+
+    spaces = {"head": {"batch_size": {"type": "categorical", "choices": [64, 256]},
+                       "head_hidden": {"type": "fixed", "value": 0}},
+              "scratch": {"batch_size": {"type": "categorical", "choices": [8, 16]}}}
+    study = journal_study(tmp_path)
+    choices = ["head", "scratch"]
+    for name in choices:
+        study.enqueue_trial({"strategy": name})
+
+    def objective(trial):
+        name = choose_strategy(trial, choices)
+        hp = suggest(trial, spaces[name], prefix=param_prefix(name, choices))
+        return 1.0 if name == "scratch" else 0.5 + hp["batch_size"] / 1000
+
+    study.optimize(objective, n_trials=4)
+    assert {t.params["strategy"] for t in study.trials} == {"head", "scratch"}
+
+    class Tp:
+        search = spaces
+
+    name, hp = best_hyperparameters(study.best_trial, Tp, choices)
+    assert name == "scratch" and set(hp) == {"batch_size"} and hp["batch_size"] in (8, 16)
+    head_trial = next(t for t in study.trials if t.params["strategy"] == "head")
+    assert best_hyperparameters(head_trial, Tp, choices)[1] == {"head_hidden": 0,
+                                                                 "batch_size": head_trial.params["head.batch_size"]}
