@@ -27,5 +27,6 @@ test: $(STAMP)
 
 # The MLflow UI, on loopback only.
 ui: $(STAMP)
+	@echo "Open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (the model-training view)"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db \
 	  --default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000 --workers 1
