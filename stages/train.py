@@ -284,6 +284,37 @@ class HeadStrategy:
         return Classifier(self.backbone, head.to(self.device))
 
 
+class ProbeStrategy(HeadStrategy):
+    """The linear probe: an L2-regularised multinomial logistic regression on the frozen features, fitted to
+    convergence full-batch with L-BFGS (one "epoch"; `l2` is the search parameter).
+
+    An early-stopped head is picked at the epoch where a few hundred validation rows peak, often the first or
+    second; on news such heads scored val 0.985-0.993 but test 0.981-0.988, while converged probes scored test
+    0.988-0.997 at every `l2` tried (see README, Training).
+    """
+
+    def fit(self, hp: dict[str, Any], on_epoch: EpochCallback, *, seed: int) -> FitResult:
+        torch.manual_seed(seed)
+        head = make_head(self.x_train.shape[1], self.n_classes, hidden=0, dropout=0.0).to(self.device)
+        linear = head[-1]
+        x, y = self.x_train.float(), self.y_train
+        optimizer = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=int(hp["max_iter"]), history_size=20,
+                                      tolerance_grad=1e-6, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(head(x), y) + 0.5 * float(hp["l2"]) * linear.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        loss = optimizer.step(closure)
+        head.eval()
+        with torch.inference_mode():
+            metric = score(self.metric, self.y_val, head(self.x_val.float()).argmax(1).cpu().numpy())
+        on_epoch(0, {"val_metric": metric, "train_loss": float(loss)})
+        return FitResult(Classifier(self.backbone, head), metric, 0, 1)
+
+
 class FullStrategy:
     """Fine-tune the whole pretrained network; each trial starts from the pretrained weights."""
 
@@ -371,8 +402,8 @@ class ScratchStrategy(FullStrategy):
         super().__init__(modality, spec, data, **kwargs)
 
 
-STRATEGIES: dict[str, type] = {"head": HeadStrategy, "lora": LoraStrategy, "full": FullStrategy,
-                               "scratch": ScratchStrategy}
+STRATEGIES: dict[str, type] = {"head": HeadStrategy, "probe": ProbeStrategy, "lora": LoraStrategy,
+                               "full": FullStrategy, "scratch": ScratchStrategy}
 
 
 def strategy_name(strategy: Any) -> str:

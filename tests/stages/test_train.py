@@ -16,6 +16,7 @@ from stages.modalities import get_modality
 from stages.train import (
     FullStrategy,
     HeadStrategy,
+    ProbeStrategy,
     PrunerParams,
     ScratchStrategy,
     SplitData,
@@ -248,7 +249,7 @@ def test_strategy_choices_take_a_name_a_list_or_one_per_modality(value, expected
 
 @pytest.mark.parametrize("value, message", [
     ({"text": ["head"]}, r"train.strategy.image: missing key"),
-    (["head", "warp"], r"unknown strategy 'warp'; known: \['full', 'head', 'lora', 'scratch'\]"),
+    (["head", "warp"], r"unknown strategy 'warp'; known: \['full', 'head', 'lora', 'probe', 'scratch'\]"),
     (["lora"], r"train.search.lora: missing key"),
 ])
 def test_strategy_choices_fail_with_the_key(value, message):
@@ -335,3 +336,19 @@ def test_strategies_with_clashing_ranges_share_one_study(tmp_path):
     head_trial = next(t for t in study.trials if t.params["strategy"] == "head")
     assert best_hyperparameters(head_trial, Tp, choices)[1] == {"head_hidden": 0,
                                                                  "batch_size": head_trial.params["head.batch_size"]}
+
+
+def test_probe_strategy_converges_to_a_linear_classifier_on_frozen_features():
+    spec = {"backbone": "minilm_l6", "max_length": 16, "pooling": "mean"}
+    strategy = ProbeStrategy(get_modality("text"), spec, _text_data(), metric="accuracy", patience=3,
+                             device=torch.device("cpu"), feature_batch_size=8)
+    epochs = []
+    result = strategy.fit({"l2": 1e-4, "max_iter": 200, "head_hidden": 0, "dropout": 0.0},
+                          lambda e, m: epochs.append((e, m)), seed=0)
+    assert result.best_metric == 1.0 and result.epochs_run == 1 and [e for e, _ in epochs] == [0]
+    assert not any(p.requires_grad for p in result.model.backbone.parameters())
+    # strong L2 shrinks the weights: the penalty is applied
+    strong = strategy.fit({"l2": 10.0, "max_iter": 200, "head_hidden": 0, "dropout": 0.0}, lambda e, m: None, seed=0)
+    assert strong.model.head[-1].weight.norm() < result.model.head[-1].weight.norm()
+    restored = strategy.restore(strategy.checkpoint(result.model), {"head_hidden": 0, "dropout": 0.0})
+    assert torch.equal(restored.head[-1].weight, result.model.head[-1].weight)
