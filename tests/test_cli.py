@@ -102,28 +102,33 @@ def train_cli(repo, tmp_path):
                  "--metrics", str(tmp_path / "train.json"))
 
 
-@pytest.mark.parametrize("module,args", [
-    ("stages.train", None),
+@pytest.mark.parametrize("module,args,section", [
+    ("stages.train", None, ("train", "model")),
     ("stages.label", ["spam", "--in", "data/spam/clean.parquet", "--annotations", "a", "--out", "o.parquet",
                       "--quarantine", "q.parquet", "--rejected", "r.parquet", "--review-json", "r.json",
-                      "--review-csv", "r.csv", "--metrics", "m.json", "--feature-cache", "f.npz"]),
+                      "--review-csv", "r.csv", "--metrics", "m.json", "--feature-cache", "f.npz"],
+     ("label", "encoder")),
 ])
-def test_unknown_backbone_names_the_key_and_the_known_ones(repo, tmp_path, module, args):
-    edit_params(repo, lambda p: p["train"]["model"]["text"].update(backbone="minilm_l7"))
+def test_unknown_backbone_names_the_key_and_the_known_ones(repo, tmp_path, module, args, section):
+    first, second = section
+    edit_params(repo, lambda p: p[first][second]["text"].update(backbone="minilm_l7"))
     try:
         code, err = train_cli(repo, tmp_path) if args is None else stage(repo, module, *args)
-        assert_one_line(code, err, "train.model.text.backbone", "'minilm_l7'", "known: ['minilm_l6']")
+        assert_one_line(code, err, f"{first}.{second}.text.backbone", "'minilm_l7'", "known: ['minilm_l6']")
     finally:
-        edit_params(repo, lambda p: p["train"]["model"]["text"].update(backbone="minilm_l6"))
+        edit_params(repo, lambda p: p[first][second]["text"].update(backbone="minilm_l6"))
 
 
 def test_unknown_strategy_names_the_key_and_the_known_ones(repo, tmp_path):
+    import yaml
+
+    original = yaml.safe_load((repo / "params.yaml").read_text())["train"]["strategy"]
     edit_params(repo, lambda p: p["train"].update(strategy="lora9000"))
     try:
         code, err = train_cli(repo, tmp_path)
-        assert_one_line(code, err, "train.strategy", "'lora9000'", "known: ['full', 'head', 'lora']")
+        assert_one_line(code, err, "train.strategy", "'lora9000'", "known: ['full', 'head', 'lora', 'probe', 'scratch']")
     finally:
-        edit_params(repo, lambda p: p["train"].update(strategy="head"))
+        edit_params(repo, lambda p: p["train"].update(strategy=original))
 
 
 @pytest.mark.slow
