@@ -148,13 +148,20 @@ def render_card(*, name: str, version: int, task: str, modality: str, labels: li
     return "\n".join(lines) + "\n"
 
 
-def compressed_decision(compress_metrics: dict[str, Any], *, enabled: bool, max_drop: float) -> tuple[bool, str]:
-    """Whether to register the compressed variant, and why."""
+def compressed_decision(compress_metrics: dict[str, Any], *, enabled: bool, max_drop: float,
+                        baseline: tuple[str, float] | None = None, min_margin_over_baseline: float = 0.0
+                        ) -> tuple[bool, str]:
+    """Whether to register the compressed variant, and why: within `max_drop` of the model, and (like the model)
+    above the best baseline (`baseline` = (name, macro-F1)) by more than `min_margin_over_baseline`."""
     if not enabled:
         return False, "register.compressed is off"
     delta = float(compress_metrics["macro_f1_delta"])
     if -delta > max_drop:
         return False, f"test macro-F1 drops {-delta:.4f}, more than register.max_compressed_f1_drop {max_drop:g}"
+    small = float(compress_metrics["compressed"]["macro_f1"])
+    if baseline is not None and not small > baseline[1] + min_margin_over_baseline:
+        return False, (f"test macro-F1 {small:.4f} does not beat baseline {baseline[0]} {baseline[1]:.4f} by more "
+                       f"than {min_margin_over_baseline:g}")
     return True, (f"test macro-F1 {compress_metrics['compressed']['macro_f1']:.4f} ({delta:+.4f}), size "
                   f"x{compress_metrics['size_ratio']:.2f}, CPU speed x{compress_metrics['speedup']:.2f}")
 
@@ -263,7 +270,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         mlflow.set_tags({"registered_model": name, "registered_version": version.version})
 
         register_small, small_reason = compressed_decision(compress_metrics, enabled=rp.compressed,
-                                                           max_drop=rp.max_compressed_f1_drop)
+                                                           max_drop=rp.max_compressed_f1_drop,
+                                                           baseline=best_baseline(metrics, "macro_f1"),
+                                                           min_margin_over_baseline=rp.min_margin_over_baseline)
         compressed: dict[str, Any] = {"registered": register_small, "reason": small_reason}
         if register_small:
             small_info = log_model("model_compressed", args.compressed_dir)

@@ -116,3 +116,10 @@ def test_best_baseline_reads_eval_json():
     metrics = {"baseline": {"a": {"macro_f1": 0.7}, "b": {"macro_f1": 0.9}}}
     assert best_baseline(metrics, "macro_f1") == ("b", 0.9)
     assert best_baseline({}, "macro_f1") is None and best_baseline(metrics, "accuracy") is None
+
+
+def test_compressed_variant_must_beat_the_baseline_too():
+    ok, reason = compressed_decision(COMPRESS, enabled=True, max_drop=0.05, baseline=("tfidf_svm", 0.95))
+    assert not ok and "does not beat baseline tfidf_svm 0.9500" in reason
+    ok, _ = compressed_decision(COMPRESS, enabled=True, max_drop=0.05, baseline=("tfidf_svm", 0.90))
+    assert ok
