@@ -98,7 +98,8 @@ def test_kill_9_during_training_then_repro_resumes_the_study(repo):
 
 
 def test_three_workers_share_one_study_without_losing_or_duplicating_trials(repo):
-    edit_params(repo, lambda p: p["train"].update(n_workers=3, n_trials=6, num_threads=3,
+    # head trials train for epochs (a probe trial is a fraction of a second: one worker could take them all)
+    edit_params(repo, lambda p: p["train"].update(strategy="head", n_workers=3, n_trials=6, num_threads=3,
                                                   search={**p["train"]["search"],
                                                           "head": {**p["train"]["search"]["head"],
                                                                    "dropout": {"type": "float", "low": 0.0,
