@@ -36,8 +36,8 @@ def choose_device() -> torch.device:
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 instructions (AVX512-BF16 or AMX-BF16).
 
-    Without them oneDNN emulates bf16: on an AVX2-only EPYC, a 3x3 conv ran 20x and a Linear 2.4x slower under
-    bf16 autocast than in fp32 (`benchmarks/precision.py`), so autocast there would cost, not save.
+    Without them oneDNN emulates bf16: on an AVX2-only EPYC, Linear, 3x3 conv, MiniLM and EfficientNet forwards ran
+    6-8x slower under bf16 autocast than in fp32 (`benchmarks/precision.py`), so autocast there costs, not saves.
     """
     try:
         flags = Path("/proc/cpuinfo").read_text()
