@@ -78,7 +78,7 @@ def small_cnn(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, para
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         x = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32))
-        y = torch.from_numpy(np.asarray(train_y, dtype=np.int64))
+        y = torch.from_numpy(np.array(train_y, dtype=np.int64))  # a copy: the caller's array may be read-only
         n_classes = int(max(train_y.max(initial=0), 1)) + 1
         model = small_cnn_module(x.shape[1], n_classes, width=params.width, side=x.shape[-1])
         optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)

@@ -311,7 +311,7 @@ class ProbeStrategy(HeadStrategy):
         head.eval()
         with torch.inference_mode():
             metric = score(self.metric, self.y_val, head(self.x_val.float()).argmax(1).cpu().numpy())
-        on_epoch(0, {"val_metric": metric, "train_loss": float(loss)})
+        on_epoch(0, {"val_metric": metric, "train_loss": float(loss.detach())})
         return FitResult(Classifier(self.backbone, head), metric, 0, 1)
 
 
@@ -397,9 +397,6 @@ class ScratchStrategy(FullStrategy):
     """The modality's small backbone (`params.train.scratch_model.<modality>`) trained from random weights."""
 
     pretrained = False
-
-    def __init__(self, modality: Modality, spec: dict[str, Any], data: SplitData, **kwargs: Any) -> None:
-        super().__init__(modality, spec, data, **kwargs)
 
 
 STRATEGIES: dict[str, type] = {"head": HeadStrategy, "probe": ProbeStrategy, "lora": LoraStrategy,
