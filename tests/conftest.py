@@ -16,6 +16,18 @@ for key, value in {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhos
     os.environ.setdefault(key, value)
 
 
+@pytest.fixture(autouse=True)
+def _restore_mlflow_uris():
+    """Undo the MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI that mlflow.set_*_uri write into os.environ."""
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def png_bytes(size: tuple[int, int] = (28, 28), *, mode: str = "L", value: int = 128, fmt: str = "PNG") -> bytes:
     """A small solid image with a diagonal stripe, encoded in `fmt`."""
     from PIL import Image, ImageDraw

@@ -40,7 +40,10 @@ def env() -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     out["PATH"] = bin_dir + os.pathsep + out.get("PATH", "")
     out.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1")
-    out.pop("MLFLOW_TRACKING_URI", None)
+    # mlflow.set_tracking_uri/set_registry_uri export these into os.environ (for subprocesses): a test that
+    # configured MLflow in-process must not point every later pipeline at its store
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        out.pop(key, None)
     return out
 
 
