@@ -1,7 +1,8 @@
 """augment: add seeded augmented copies of train rows; val and test pass through unchanged.
 
 Reads the split table. Writes all input rows byte-for-byte, plus `copies` augmented copies of each
-train row with a new `id`, `parent_id` pointing at the original and `augmented=True`.
+train row with a new `id`, `parent_id` pointing at the original and `augmented=True`. `copies` is one number
+for every modality or a mapping per modality (`{image: 1, text: 0}`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from stages.common import (
+    StageError,
     build,
     content_id,
     load_params,
@@ -27,8 +29,17 @@ from stages.modalities import Modality, modality_section, task_modality
 
 @dataclass(frozen=True)
 class AugmentParams:
-    copies: int
+    copies: int | dict[str, int]
     by_modality: dict[str, dict[str, Any]]
+
+
+def copies_for(copies: int | dict[str, int], modality: Modality) -> int:
+    """The number of augmented copies per train row for `modality`; one line naming the key when it is bad."""
+    value = modality_section(copies, modality, "augment.copies") if isinstance(copies, dict) else copies
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        key = f"augment.copies.{modality.name}" if isinstance(copies, dict) else "augment.copies"
+        raise StageError(f"params.yaml: {key}: expected a whole number >= 0, got {value!r}")
+    return value
 
 
 def augment(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, copies: int, seed: int) -> pd.DataFrame:
@@ -57,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     modality = task_modality(params, args.task)
     frame = read_parquet(args.inp)
     out = augment(frame, modality, modality.augment_params(modality_section(ap.by_modality, modality, "augment.by_modality")),
-                  copies=ap.copies, seed=params["base"]["seed"])
+                  copies=copies_for(ap.copies, modality), seed=params["base"]["seed"])
     from stages.contracts import check  # data contract at the augment -> train boundary
     check(out, "augmented", where=args.out)
     write_parquet(args.out, out)

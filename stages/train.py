@@ -131,7 +131,9 @@ def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]], *, prefix: str = "") -> dict[str, Any]:
     """Sample one value per entry of a params.yaml search space.
 
-    Each entry is `{type: float|int, low, high, log}`, `{type: categorical, choices}` or `{type: fixed, value}`.
+    Each entry is `{type: float|int, low, high, log}`, `{type: categorical, choices}` or `{type: fixed, value}`;
+    a sampled entry may name a `default`, the value the study's first trial of the strategy uses
+    (`first_trials`).
     Optuna parameters are named `prefix + name` (a study choosing among strategies prefixes `<strategy>.`: one
     name with two ranges in one study is an error in Optuna); the returned keys are the plain names.
     """
@@ -150,6 +152,33 @@ def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]], *, prefix: st
             raise StageError(f"params.yaml: train.search.*.{name}.type: unknown type {kind!r}; "
                              "known: ['categorical', 'fixed', 'float', 'int']")
     return values
+
+
+def first_trials(tp: TrainParams, choices: Sequence[str]) -> list[dict[str, Any]]:
+    """The trials a fresh study runs first: one per strategy, in the listed order (cheap first), with the
+    `default` values its search space names (a known good start); the sampler takes over after them.
+
+    Empty when there is nothing to pin (one strategy, no defaults). A default outside its range fails here.
+    """
+    trials = []
+    for choice in choices:
+        prefix = param_prefix(choice, choices)
+        trial: dict[str, Any] = {"strategy": choice} if len(choices) > 1 else {}
+        for name, spec in tp.search[choice].items():
+            if "default" not in spec:
+                continue
+            value, where = spec["default"], f"params.yaml: train.search.{choice}.{name}.default"
+            kind = spec.get("type")
+            if kind == "categorical" and value not in spec["choices"]:
+                raise StageError(f"{where}: {value!r} is not one of {list(spec['choices'])}")
+            if kind in ("float", "int") and not float(spec["low"]) <= float(value) <= float(spec["high"]):
+                raise StageError(f"{where}: {value!r} is outside [{spec['low']}, {spec['high']}]")
+            if kind == "fixed":
+                raise StageError(f"{where}: a fixed entry has no default (its value is the only one)")
+            trial[prefix + name] = value
+        if trial:
+            trials.append(trial)
+    return trials
 
 
 # ---------------------------------------------------------------- the training loop
@@ -172,12 +201,12 @@ def lr_factor(schedule: str, epoch: int, max_epochs: int) -> float:
 def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Callable[[], float],
                lr: float, weight_decay: float, max_epochs: int, patience: int, device: torch.device,
                on_epoch: EpochCallback, lr_schedule: str = "constant",
-               schedule_epochs: int | None = None) -> tuple[float, int, int]:
+               schedule_epochs: int | None = None, label_smoothing: float = 0.0) -> tuple[float, int, int]:
     """Train `module` epoch by epoch with early stopping; restore the best epoch's weights.
 
     `lr_schedule` `cosine` decays the learning rate per epoch over `schedule_epochs` (default `max_epochs`), so a
     trial settles by the end of its own budget instead of drifting at a constant rate (which leaves early
-    stopping and the pruner comparing noise). Returns `(best_metric, best_epoch, epochs_run)`. `on_epoch` may raise (e.g. TrialPruned).
+    stopping and the pruner comparing noise). `label_smoothing` is the cross-entropy's. Returns `(best_metric, best_epoch, epochs_run)`. `on_epoch` may raise (e.g. TrialPruned).
     """
     horizon = schedule_epochs or max_epochs
     lr_factor(lr_schedule, 0, horizon)  # an unknown schedule fails before any training
@@ -186,7 +215,7 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
     # default and costs ~7x more per step for MiniLM (benchmarks/throughput.py)
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
     best_metric, best_epoch, best_state, stale = -math.inf, -1, None, 0
     epoch = -1
     with fast_dropout(module, device):
@@ -220,7 +249,8 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
 def loop_args(hp: dict[str, Any]) -> dict[str, Any]:
     """`fit_epochs`' optimiser, budget and schedule arguments, from a trial's hyperparameters."""
     return {"lr": hp["lr"], "weight_decay": hp["weight_decay"], "max_epochs": hp["max_epochs"],
-            "lr_schedule": hp.get("lr_schedule", "constant"), "schedule_epochs": hp.get("schedule_epochs")}
+            "lr_schedule": hp.get("lr_schedule", "constant"), "schedule_epochs": hp.get("schedule_epochs"),
+            "label_smoothing": hp.get("label_smoothing", 0.0)}
 
 
 class HeadStrategy:
@@ -789,9 +819,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 sampler=optuna.samplers.TPESampler(seed=seed), pruner=make_pruner(tp.pruner),
                                 load_if_exists=True)
     recovered = recover_stale_trials(study)
-    if len(choices) > 1 and not study.get_trials(deepcopy=False):
-        for choice in choices:  # one trial of each strategy first, in the listed order (cheap first)
-            study.enqueue_trial({"strategy": choice})
+    if not study.get_trials(deepcopy=False):
+        for first in first_trials(tp, choices):
+            study.enqueue_trial(first)
     pool = StrategyPool(params, tp, args.task, args.inp, study_dir, device)
     for choice in choices:  # head features are extracted (and cached in the study folder) once, before workers
         pool.get(choice)

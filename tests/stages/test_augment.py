@@ -7,7 +7,8 @@ import io
 import pandas as pd
 import pytest
 
-from stages.augment import augment
+from stages.augment import augment, copies_for
+from stages.common import StageError
 from stages.common import content_id
 from stages.modalities import get_modality
 
@@ -157,3 +158,15 @@ def test_image_augment_keeps_held_out_bytes_and_is_seeded(make_png):
     assert list(again["image"]) == list(out["image"])
     other = augment(frame, IMAGE, IMAGE_PARAMS, copies=2, seed=5)
     assert list(other["image"]) != list(out["image"])
+
+
+def test_copies_per_modality_and_bad_values_name_their_key():
+    text, image = get_modality("text"), get_modality("image")
+    assert copies_for(2, text) == 2 and copies_for(2, image) == 2
+    assert copies_for({"image": 1, "text": 0}, text) == 0 and copies_for({"image": 1, "text": 0}, image) == 1
+    with pytest.raises(StageError, match=r"augment.copies.text: missing key"):
+        copies_for({"image": 1}, text)
+    with pytest.raises(StageError, match=r"augment.copies.text: expected a whole number >= 0, got -1"):
+        copies_for({"image": 1, "text": -1}, text)
+    with pytest.raises(StageError, match=r"augment.copies: expected a whole number >= 0, got 'two'"):
+        copies_for("two", image)

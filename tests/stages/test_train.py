@@ -22,6 +22,7 @@ from stages.train import (
     SplitData,
     best_hyperparameters,
     choose_strategy,
+    first_trials,
     fit_epochs,
     get_strategy,
     history_csv,
@@ -352,3 +353,70 @@ def test_probe_strategy_converges_to_a_linear_classifier_on_frozen_features():
     assert strong.model.head[-1].weight.norm() < result.model.head[-1].weight.norm()
     restored = strategy.restore(strategy.checkpoint(result.model), {"head_hidden": 0, "dropout": 0.0})
     assert torch.equal(restored.head[-1].weight, result.model.head[-1].weight)
+
+
+class _Defaults:
+    search = {"head": {"lr": {"type": "float", "low": 0.1, "high": 1, "default": 0.5},
+                       "batch_size": {"type": "categorical", "choices": [8, 16], "default": 16},
+                       "head_hidden": {"type": "fixed", "value": 0}},
+              "scratch": {"lr": {"type": "float", "low": 0.1, "high": 1}}}
+
+
+def test_first_trials_pin_each_strategy_and_its_defaults_then_the_sampler_takes_over(tmp_path):
+    assert first_trials(_Defaults, ["head", "scratch"]) == [
+        {"strategy": "head", "head.lr": 0.5, "head.batch_size": 16}, {"strategy": "scratch"}]
+    assert first_trials(_Defaults, ["head"]) == [{"lr": 0.5, "batch_size": 16}]
+    assert first_trials(_Defaults, ["scratch"]) == []  # nothing to pin: the sampler starts
+    study = journal_study(tmp_path)
+    for trial in first_trials(_Defaults, ["head"]):
+        study.enqueue_trial(trial)
+    seen = []
+    study.optimize(lambda t: seen.append(suggest(t, _Defaults.search["head"])) or 0.0, n_trials=3)
+    assert seen[0] == {"lr": 0.5, "batch_size": 16, "head_hidden": 0}
+    assert len({s["lr"] for s in seen}) == 3  # later trials sample
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"type": "float", "low": 0.1, "high": 1, "default": 2.0}, r"head.lr.default: 2.0 is outside \[0.1, 1\]"),
+    ({"type": "categorical", "choices": [8], "default": 9}, r"head.lr.default: 9 is not one of \[8\]"),
+    ({"type": "fixed", "value": 1, "default": 1}, r"head.lr.default: a fixed entry has no default"),
+])
+def test_a_bad_default_fails_with_its_key(entry, message):
+    class Bad:
+        search = {"head": {"lr": entry}}
+
+    with pytest.raises(StageError, match=message):
+        first_trials(Bad, ["head"])
+
+
+def test_cnn_small_flip_averages_features_in_eval_mode_only():
+    image = get_modality("image")
+    spec = {"backbone": "cnn_small", "image_size": 8, "channels": 1, "width": 4}
+    torch.manual_seed(0)
+    plain = image.build_backbone(spec, pretrained=False)
+    torch.manual_seed(0)
+    tta = image.build_backbone({**spec, "tta_hflip": True}, pretrained=False)
+    x = torch.randn(3, 1, 8, 8)
+    plain.eval(), tta.eval()
+    with torch.no_grad():
+        assert torch.allclose(tta(x), 0.5 * (plain(x) + plain(x.flip(-1))), atol=1e-6)
+        assert torch.allclose(tta(x), tta(x.flip(-1)), atol=1e-6)  # a mirror image gets the same prediction
+        assert not torch.allclose(plain(x), plain(x.flip(-1)), atol=1e-4)
+        tta.train(), plain.train()
+        assert torch.allclose(tta(x), plain(x), atol=1e-6)  # training sees each image as it is
+
+
+def test_fit_epochs_applies_label_smoothing(monkeypatch):
+    seen = []
+    real = torch.nn.CrossEntropyLoss
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("label_smoothing"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", spy)
+    module = torch.nn.Linear(2, 2)
+    x, y = torch.randn(8, 2), torch.tensor([0, 1] * 4)
+    fit_epochs(module, batches=lambda e: [(x, y)], evaluate=lambda: 0.5, lr=0.1, weight_decay=0.0, max_epochs=1,
+               patience=1, device=torch.device("cpu"), on_epoch=lambda e, m: None, label_smoothing=0.1)
+    assert seen == [0.1]
