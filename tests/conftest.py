@@ -18,9 +18,19 @@ for key, value in {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@localhos
 
 @pytest.fixture(autouse=True)
 def _restore_mlflow_uris():
-    """Undo the MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI that mlflow.set_*_uri write into os.environ."""
+    """Undo what `mlflow.set_tracking_uri`/`set_registry_uri` leave behind: the process-wide URIs and the
+    MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI they write into os.environ (which subprocesses inherit). Without
+    this, a test that configured MLflow points every later test's lookups, and every later pipeline's
+    registrations, at its own store."""
+    import sys
+
     saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])  # None: follow the tracking URI again
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

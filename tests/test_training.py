@@ -53,6 +53,10 @@ def repo(tmp_path_factory):
 def test_kill_9_during_training_then_repro_resumes_the_study(repo):
     import optuna
 
+    # lora trials take seconds each on the tiny data; probe trials (the text default) finish between two polls
+    edit_params(repo, lambda p: p["train"].update(strategy="lora", search={
+        **p["train"]["search"], "lora": {**p["train"]["search"]["lora"],
+                                         "max_epochs": {"type": "int", "low": 1, "high": 2}}}))
     proc = subprocess.Popen(["dvc", "repro", "train@spam"], cwd=repo, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     finished_before: dict[int, float | None] = {}
