@@ -206,7 +206,8 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
 
     `lr_schedule` `cosine` decays the learning rate per epoch over `schedule_epochs` (default `max_epochs`), so a
     trial settles by the end of its own budget instead of drifting at a constant rate (which leaves early
-    stopping and the pruner comparing noise). `label_smoothing` is the cross-entropy's. Returns `(best_metric, best_epoch, epochs_run)`. `on_epoch` may raise (e.g. TrialPruned).
+    stopping and the pruner comparing noise). `label_smoothing` is the cross-entropy's. Returns
+    `(best_metric, best_epoch, epochs_run)`. `on_epoch` may raise (e.g. TrialPruned).
     """
     horizon = schedule_epochs or max_epochs
     lr_factor(lr_schedule, 0, horizon)  # an unknown schedule fails before any training

@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 
 from stages.augment import augment, copies_for
-from stages.common import StageError
-from stages.common import content_id
+from stages.common import StageError, content_id
 from stages.modalities import get_modality
 
 TEXT = get_modality("text")
