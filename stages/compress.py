@@ -4,9 +4,11 @@ Reads the augmented table (test rows) and the model folder. Prunes the smallest-
 `sparsity` fraction of every Linear weight, quantises Linear layers to int8 (dynamic), and writes
 the compressed model folder (pruned weights in safetensors; `load_classifier` re-applies the int8
 quantisation, see stages/model.py) and a metrics JSON comparing the compressed model, as reloaded
-from that folder, with the original: in-memory serialised size, test latency and test macro-F1 /
-accuracy. The same figures are logged to the training run; `register` may register the folder as
-the compressed variant with its own alias.
+from that folder, with the original: in-memory serialised size, latency per item on the same
+`latency_rows` test rows, and test macro-F1 / accuracy (the compressed model's on every test row; the
+original's are evaluate's, read from its eval.json: the same model on the same rows). The same
+figures are logged to the training run; `register` may register the folder as the compressed
+variant with its own alias.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class CompressParams:
     sparsity: float
     quantize: bool
     batch_size: int
+    latency_rows: int = 64      # test rows (the first, by id) both models are timed on
 
 
 def prune_linear(model: nn.Module, *, sparsity: float) -> nn.Module:
@@ -74,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--summary", required=True, help="training summary JSON (MLflow run id)")
     parser.add_argument("--out-dir", required=True, help="where to write the compressed model folder")
+    parser.add_argument("--eval", required=True, help="evaluate's eval.json: the original model's test scores")
     args = parser.parse_args(argv)
 
     from sklearn.metrics import accuracy_score, f1_score
@@ -95,13 +99,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     with atomic_path(args.out_dir) as tmp_dir:
         save_classifier(tmp_dir, prune_linear(model, sparsity=cp.sparsity), {**config, "compression": compression})
     small, _, _ = load_classifier(Path(args.out_dir))  # measure exactly what serving will load
+    scored = json.loads(Path(args.eval).read_text())
+    if scored.get("n_test") != len(test):
+        raise StageError(f"{args.eval}: field 'n_test': {scored.get('n_test')} test rows, {args.inp} has {len(test)}")
     result: dict[str, Any] = {"sparsity": cp.sparsity, "quantize": cp.quantize, "n_test": len(test)}
+    timed = payloads[:max(cp.latency_rows, 1)]
     for name, candidate in (("original", model.cpu().eval()), ("compressed", small)):
-        proba, seconds = timed_predict(candidate, modality, config["spec"], payloads, batch_size=cp.batch_size)
-        pred = proba.argmax(1)
-        result[name] = {"bytes": serialized_bytes(candidate), "latency_ms_per_item": 1000 * seconds / len(test),
-                        "accuracy": float(accuracy_score(y_true, pred)),
-                        "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0))}
+        _, seconds = timed_predict(candidate, modality, config["spec"], timed, batch_size=cp.batch_size)
+        result[name] = {"bytes": serialized_bytes(candidate), "latency_ms_per_item": 1000 * seconds / len(timed)}
+    proba, _ = timed_predict(small, modality, config["spec"], payloads, batch_size=cp.batch_size)
+    pred = proba.argmax(1)
+    result["compressed"].update(accuracy=float(accuracy_score(y_true, pred)),
+                                macro_f1=float(f1_score(y_true, pred, average="macro", zero_division=0)))
+    result["original"].update(accuracy=float(scored["accuracy"]), macro_f1=float(scored["macro_f1"]))
     result["size_ratio"] = result["compressed"]["bytes"] / result["original"]["bytes"]
     result["speedup"] = result["original"]["latency_ms_per_item"] / result["compressed"]["latency_ms_per_item"]
     result["macro_f1_delta"] = result["compressed"]["macro_f1"] - result["original"]["macro_f1"]

@@ -393,7 +393,8 @@ def main_label(argv: Sequence[str] | None) -> None:
     parser.add_argument("--review-json", required=True, help="review queue, Label Studio task import JSON")
     parser.add_argument("--review-csv", required=True, help="review queue as CSV")
     parser.add_argument("--metrics", required=True)
-    parser.add_argument("--feature-cache", required=True, help="encoder features by row id (.npz), kept across runs")
+    parser.add_argument("--feature-store", required=True,
+                        help="folder of encoder features by row id (.npz), kept across runs and shared with train")
     args = parser.parse_args(argv)
 
     from stages.modalities import check_backbone, modality_section, task_modality
@@ -411,10 +412,11 @@ def main_label(argv: Sequence[str] | None) -> None:
     parsed = read_annotation_folder(Path(args.annotations))
     features = None
     if needs_features(frame, tl, lp) and len(frame):
-        from stages.labeling.features import cached_extract
+        from stages.labeling.features import cached_extract, store_path
 
         features = cached_extract(modality, spec, [str(i) for i in frame["id"]], list(frame[modality.payload_column]),
-                                  batch_size=lp.feature_batch_size, cache_path=args.feature_cache,
+                                  batch_size=lp.feature_batch_size,
+                                  cache_path=store_path(args.feature_store, args.task, modality, spec),
                                   desc=f"label features {args.task}")
     result = label(frame, tl, lp, payload_column=modality.payload_column, seed=int(section(params, "base.seed")),
                    annotations=parsed, features=features)

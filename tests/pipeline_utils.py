@@ -76,7 +76,7 @@ def tiny_profile(params: dict) -> None:
     params["train"]["model"]["image"]["image_size"] = 32
     params["train"]["model"]["text"].update(max_length=32, max_chunks=2)
     params["label"]["encoder"]["image"]["image_size"] = 32
-    params["label"]["encoder"]["text"]["max_length"] = 32
+    params["label"]["encoder"]["text"].update(max_length=32, max_chunks=2)  # train's spec: train reads label's features
     params["train"]["search"]["head"]["max_epochs"] = {"type": "int", "low": 3, "high": 6}
     params["train"]["search"]["scratch"]["max_epochs"] = {"type": "int", "low": 2, "high": 3}
     params["evaluate"]["baselines"]["small_cnn"]["epochs"] = 2

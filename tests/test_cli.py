@@ -106,7 +106,7 @@ def train_cli(repo, tmp_path):
     ("stages.train", None, ("train", "model")),
     ("stages.label", ["spam", "--in", "data/spam/clean.parquet", "--annotations", "a", "--out", "o.parquet",
                       "--quarantine", "q.parquet", "--rejected", "r.parquet", "--review-json", "r.json",
-                      "--review-csv", "r.csv", "--metrics", "m.json", "--feature-cache", "f.npz"],
+                      "--review-csv", "r.csv", "--metrics", "m.json", "--feature-store", "features"],
      ("label", "encoder")),
 ])
 def test_unknown_backbone_names_the_key_and_the_known_ones(repo, tmp_path, module, args, section):
@@ -126,7 +126,8 @@ def test_unknown_strategy_names_the_key_and_the_known_ones(repo, tmp_path):
     edit_params(repo, lambda p: p["train"].update(strategy="lora9000"))
     try:
         code, err = train_cli(repo, tmp_path)
-        assert_one_line(code, err, "train.strategy", "'lora9000'", "known: ['full', 'head', 'lora', 'probe', 'scratch']")
+        assert_one_line(code, err, "train.strategy", "'lora9000'",
+                        "known: ['full', 'head', 'hybrid', 'lora', 'probe', 'scratch']")
     finally:
         edit_params(repo, lambda p: p["train"].update(strategy=original))
 

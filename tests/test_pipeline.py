@@ -57,7 +57,8 @@ def test_repro_builds_and_registers_both_tasks(built):
         assert f"| baseline `{baseline}` |" in card
         train = json.loads((repo / "metrics" / task / "train.json").read_text())
         assert train["n_trials"] == 3 and train["n_complete"] >= 1
-        assert set(train["leaderboard"]) <= {"head", "probe", "scratch"} and train["best_strategy"] in train["leaderboard"]
+        assert set(train["leaderboard"]) <= {"head", "probe", "hybrid", "scratch"}
+        assert train["best_strategy"] in train["leaderboard"]
         history = (repo / "metrics" / task / "optimization_history.csv").read_text().splitlines()
         assert history[0] == "trial,strategy,value,best_value" and len(history) == 1 + train["n_complete"]
 

@@ -1,11 +1,22 @@
-"""Pretrained-encoder features for label checking, through the modality's backbone (the one train uses)."""
+"""Pretrained-encoder features through the modality's backbone, and the local store that label and train share.
+
+The label stage encodes every row to check labels; train's frozen-backbone strategies (`probe`, `head`) need the
+same encoder's features of the train and val rows. With the same encoder spec (params.yaml `label.encoder` and
+`train.model`) train reads them from the store instead of encoding the rows a second time.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# Outside DVC on purpose: a cache, not data (a store that is absent or stale costs time, never a different result).
+FEATURE_STORE = Path(".cache/features")
 
 
 def extract(modality: Any, spec: dict[str, Any], payloads: Sequence[Any], *, batch_size: int,
@@ -26,20 +37,25 @@ def extract(modality: Any, spec: dict[str, Any], payloads: Sequence[Any], *, bat
                                device=device, desc=desc)
 
 
+def store_path(store: Path | str, name: str, modality: Any, spec: dict[str, Any]) -> Path:
+    """The store's file for `name` (a task) under this encoder: one file per feature-relevant spec, so a label
+    encoder and a train model that differ do not overwrite each other's rows."""
+    key = json.dumps(modality.feature_spec(spec), sort_keys=True)
+    return Path(store) / f"{name}-{modality.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
+
+
 def cached_extract(modality: Any, spec: dict[str, Any], ids: Sequence[str], payloads: Sequence[Any], *,
-                   batch_size: int, cache_path: Any, desc: str | None = None) -> np.ndarray:
+                   batch_size: int, cache_path: Any, desc: str | None = None, prune: bool = True) -> np.ndarray:
     """`extract`, reusing rows already in the `.npz` cache at `cache_path` (same ids, same encoder spec).
 
     Ids are content hashes, so a cached row is the same payload. Only new rows go through the encoder,
-    which keeps a relabelling rerun (new annotations, same data) to the cost of the classifier. The
-    cache is rewritten with exactly the current rows; a cache that cannot be read is rebuilt.
+    which keeps a relabelling rerun (new annotations, same data) to the cost of the classifier. With `prune`
+    (the label stage, which sees every row) the cache is rewritten with exactly the current rows; without it
+    (train, which reads a subset) new rows are added and the rest kept. A cache that cannot be read is rebuilt.
     """
-    import json
-    from pathlib import Path
-
     from stages.common import atomic_path
 
-    key = json.dumps(spec, sort_keys=True)
+    key = json.dumps(modality.feature_spec(spec), sort_keys=True)
     cache_path = Path(cache_path)
     cached: dict[str, np.ndarray] = {}
     if cache_path.is_file():
@@ -55,6 +71,9 @@ def cached_extract(modality: Any, spec: dict[str, Any], ids: Sequence[str], payl
         cached[ids[i]] = row
     dim = new.shape[1] if len(missing) else (len(next(iter(cached.values()))) if cached else 0)
     features = np.stack([cached[item] for item in ids]).astype(np.float32) if len(ids) else np.zeros((0, dim), np.float32)
-    with atomic_path(cache_path) as tmp, tmp.open("wb") as fh:
-        np.savez(fh, ids=np.array(list(ids), dtype=str), features=features, spec=np.array(key))
+    if prune or missing:
+        kept = list(ids) if prune else list(cached)
+        stored = features if prune else np.stack([cached[item] for item in kept]).astype(np.float32)
+        with atomic_path(cache_path) as tmp, tmp.open("wb") as fh:
+            np.savez(fh, ids=np.array(kept, dtype=str), features=stored, spec=np.array(key))
     return features

@@ -72,6 +72,14 @@ class Modality:
     def save_backbone_files(self, backbone: Any, model_dir: Path) -> None:
         """Write what `build_backbone(pretrained=False, model_dir=...)` needs besides weights."""
 
+    def bag_of_words(self) -> bool:
+        """Whether payloads are texts that TF-IDF reads (strategy `hybrid`)."""
+        return False
+
+    def feature_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The part of a model spec that decides a frozen backbone's features (what a feature cache is keyed on)."""
+        return dict(spec)
+
     def lora_targets(self, spec: dict[str, Any]) -> list[str]:
         """Module names that take LoRA adapters; empty where the strategy does not apply."""
         return []

@@ -7,6 +7,7 @@ import random
 import struct
 import zlib
 
+import numpy as np
 import pytest
 
 from stages.common import StageError
@@ -333,3 +334,42 @@ def test_text_reads_long_documents_in_chunks_pooled_per_document():
     # a document that fits in one chunk gets the same feature either way; a long one sees more than its start
     assert torch.allclose(features[0], truncated[0], atol=1e-5) and torch.allclose(features[2], truncated[2], atol=1e-5)
     assert not torch.allclose(features[1], truncated[1], atol=1e-3)
+
+
+def test_text_encodes_length_groups_with_the_values_and_order_of_one_padded_batch(monkeypatch):
+    import torch
+
+    import stages.modalities.text as text_module
+    from stages.modalities import get_modality
+
+    text = get_modality("text")
+    spec = {"backbone": "minilm_l6", "max_length": 32, "max_chunks": 4, "pooling": "mean"}
+    backbone = text.build_backbone(spec, pretrained=True).eval()
+    docs = [" ".join(f"w{i}" for i in range(n)) for n in (3, 70, 9, 1, 40, 15, 2, 28)]
+    batch = text.to_batch(docs, spec, backbone)
+    inputs = {k: v for k, v in batch.items() if k != "document"}
+    assert len(set(inputs["attention_mask"].sum(1).tolist())) > 3  # chunks of many lengths, all padded to 32
+    monkeypatch.setattr(text_module, "BUCKET_ROWS", 3)  # several groups, each cut to its own longest row
+    with torch.inference_mode():
+        padded, grouped = backbone.pool(inputs), backbone.pool_by_length(inputs)
+        assert torch.allclose(grouped, padded, atol=1e-5)
+        assert torch.allclose(backbone(batch)[1], backbone(text.to_batch(docs[1:2], spec, backbone))[0], atol=1e-5)
+
+
+def test_tfidf_features_match_scikit_learns_vectorizer():
+    import torch
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from stages.modalities.tfidf import TfidfFeatures, TfidfParams, fit_tfidf
+
+    train = ["WIN a FREE prize: txt WIN to 80082 now!", "see you at lunch, see you", "Café naïve résumé déjà vu",
+             "free entry in 2 a wkly comp", "are we still meeting later? later then"]
+    test = ["win free entry now now now", "déjà vu at lunch", "nothing known here", ""]
+    params = TfidfParams(ngram_max=2, min_df=1, max_features=40, sublinear_tf=True)
+    vocab, idf = fit_tfidf(train, params)
+    reference = TfidfVectorizer(ngram_range=(1, 2), max_features=40, sublinear_tf=True).fit(train)
+    features = TfidfFeatures(vocab, idf, params)
+    with torch.inference_mode():
+        ours = features(features.encode(test)).numpy()
+    np.testing.assert_allclose(ours, reference.transform(test).toarray(), atol=1e-6)
+    assert ours[0].any() and not ours[2].any() and not ours[3].any()

@@ -111,6 +111,28 @@ def test_fit_epochs_sets_the_learning_rate_per_epoch(schedule, expected, monkeyp
     assert seen == pytest.approx(expected, abs=1e-6)
 
 
+def test_warmup_cosine_ramps_up_then_decays_to_zero_and_runs_per_step(monkeypatch):
+    assert [lr_factor("warmup_cosine", e, 10) for e in (0, 1, 2, 6, 10)] == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0])
+    module, seen = torch.nn.Linear(2, 2), []
+
+    def batches(epoch):
+        for _ in range(5):
+            yield torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+
+    original_step = torch.optim.AdamW.step
+
+    def record(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)  # observes the real optimiser's learning rate
+    fit_epochs(module, batches=batches, evaluate=lambda: 0.5, lr=0.1, weight_decay=0.0, max_epochs=2, patience=10,
+               device=torch.device("cpu"), on_epoch=lambda e, m: None, lr_schedule="warmup_cosine", steps_per_epoch=5)
+    # 10 steps: 2 of warmup (0, 0.05), then the cosine from the peak down towards 0, a new rate at every step
+    assert len(seen) == 10 and seen[:3] == pytest.approx([0.0, 0.05, 0.1])
+    assert all(a > b for a, b in zip(seen[2:], seen[3:])) and seen[-1] < 0.01
+
+
 def test_refit_horizon_keeps_the_trials_schedule():
     # a refit that stops after 2 of the trial's 8 epochs sees the trial's learning rates, not a faster decay
     assert [lr_factor("cosine", e, 8) for e in range(2)] == pytest.approx([1.0, 0.9619398])
@@ -216,6 +238,64 @@ def test_head_strategy_learns_on_minilm_features():
     assert not any(p.requires_grad for p in result.model.backbone.parameters())
 
 
+def test_frozen_strategies_read_the_rows_label_stored_and_add_only_missing_ones(tmp_path):
+    from stages.labeling.features import cached_extract, store_path
+
+    text = get_modality("text")
+    label_spec = {"backbone": "minilm_l6", "max_length": 16, "pooling": "mean"}
+    train_spec = {**label_spec, "lora_targets": ["query", "value"]}  # where adapters go: the same features
+    data = _text_data()
+    data = SplitData(data.train_payloads, data.train_labels, data.val_payloads, data.val_labels,
+                     [f"t{i}" for i in range(len(data.train_payloads))],
+                     [f"v{i}" for i in range(len(data.val_payloads))])
+    store = store_path(tmp_path, "spam", text, label_spec)
+    assert store == store_path(tmp_path, "spam", text, train_spec)
+    # the label stage encoded the train rows (ids are content hashes; a different text here proves the store is read)
+    stored = cached_extract(text, label_spec, data.train_ids, ["stored row"] * len(data.train_ids), batch_size=8,
+                            cache_path=store)
+    strategy = ProbeStrategy(text, train_spec, data, metric="accuracy", patience=3, device=torch.device("cpu"),
+                             feature_batch_size=8, feature_store=store)
+    np.testing.assert_array_equal(strategy.x_train.numpy(), stored)
+    with np.load(store) as z:  # the val rows were encoded and added; label's rows stay
+        assert sorted(z["ids"].tolist()) == sorted(data.train_ids + data.val_ids)
+    assert not np.allclose(strategy.x_val.numpy()[0], stored[0])
+
+
+def test_hybrid_strategy_learns_lexical_cues_and_round_trips_as_one_saved_model(tmp_path):
+    from stages.model import load_classifier, predict_proba, save_classifier
+    from stages.train import HybridStrategy
+
+    text = get_modality("text")
+    spec = {"backbone": "minilm_l6", "max_length": 16, "pooling": "mean",
+            "tfidf": {"ngram_max": 2, "min_df": 1, "max_features": 50, "sublinear_tf": True, "encoder_weight": 0.5}}
+    data = _text_data()
+    strategy = HybridStrategy(text, spec, data, metric="accuracy", patience=3, device=torch.device("cpu"),
+                              feature_batch_size=8)
+    assert strategy.x_train.shape[1] == 384 + len(strategy.backbone.tfidf.vocab)
+    result = strategy.fit({"l2": 1e-4, "max_iter": 100, "head_hidden": 0, "dropout": 0.0}, lambda e, m: None, seed=0)
+    assert result.best_metric == 1.0
+    config = {"task": "t", "modality": "text", "labels": ["ham", "spam"], "spec": strategy.spec, "strategy": "hybrid",
+              "feature_dim": int(result.model.backbone.feature_dim), "head": {"hidden": 0, "dropout": 0.0}}
+    save_classifier(tmp_path, result.model, config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone", "classifier.json", "model.safetensors"]
+    loaded, loaded_config, _ = load_classifier(tmp_path)
+    texts = ["claim your free prize now", "see you at dinner"]
+    kwargs = {"batch_size": 4, "device": torch.device("cpu")}
+    before = predict_proba(result.model, text, strategy.spec, texts, **kwargs)
+    np.testing.assert_allclose(predict_proba(loaded, text, loaded_config["spec"], texts, **kwargs), before, atol=1e-5)
+    assert before.argmax(1).tolist() == [1, 0]
+
+
+def test_hybrid_strategy_is_text_only():
+    from stages.train import HybridStrategy
+
+    images = [png_bytes(value=v) for v in (20, 60, 100, 140)]
+    data = SplitData(images, np.array([0, 0, 1, 1]), images, np.array([0, 0, 1, 1]))
+    with pytest.raises(StageError, match="'hybrid' is not available for modality 'image'"):
+        HybridStrategy(get_modality("image"), {"backbone": "efficientnet_lite0", "image_size": 32}, data,
+                       metric="accuracy", patience=1, device=torch.device("cpu"), feature_batch_size=4)
+
+
 def test_full_strategy_smoke_on_images():
     images = [png_bytes(value=v) for v in (20, 60, 100, 140, 180, 220)]
     data = SplitData(images, np.array([0, 0, 0, 1, 1, 1]), images[:2] + images[-2:], np.array([0, 0, 1, 1]))
@@ -250,7 +330,7 @@ def test_strategy_choices_take_a_name_a_list_or_one_per_modality(value, expected
 
 @pytest.mark.parametrize("value, message", [
     ({"text": ["head"]}, r"train.strategy.image: missing key"),
-    (["head", "warp"], r"unknown strategy 'warp'; known: \['full', 'head', 'lora', 'probe', 'scratch'\]"),
+    (["head", "warp"], r"unknown strategy 'warp'; known: \['full', 'head', 'hybrid', 'lora', 'probe', 'scratch'\]"),
     (["lora"], r"train.search.lora: missing key"),
 ])
 def test_strategy_choices_fail_with_the_key(value, message):
