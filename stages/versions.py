@@ -6,8 +6,9 @@ here: every output path and hash comes from dvc.lock at that commit, and a stage
 train and register put on runs and model versions.
 
     python -m stages.versions list <task> [--json]        versions, hashes, row counts, model versions
-    python -m stages.versions checkout <task> <rev>       restore a version: git checkout of dvc.lock, committed
-                                                          metrics and .dvc files, then dvc checkout
+    python -m stages.versions checkout <task> <rev>       restore that task's version, whatever `run` lists now
+                                                          or listed then: its dvc.lock entries, committed metrics,
+                                                          .dvc pointers, and its outputs from the DVC cache by md5
     python -m stages.versions model <name> <version>      the data a registered model was trained on
     python -m stages.versions verify [--remove]           recompute the md5 of every DVC cache file
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from stages.common import StageError, file_md5, load_params, run_main
+from stages.common import PARAMS_FILE, StageError, file_md5, load_params, run_main
 
 LOCK_FILE = "dvc.lock"
 # The stages whose outputs make up a dataset version, in pipeline order (stage names, not paths).
@@ -67,6 +69,64 @@ def task_stages(lock: dict[str, Any], task: str) -> dict[str, dict[str, Any]]:
         if item == task:
             out[name] = entry or {}
     return out
+
+
+def task_entries(lock: dict[str, Any], task: str) -> dict[str, dict[str, Any]]:
+    """`{"stage@task": entry}` of the task's entries in a parsed dvc.lock, in file order."""
+    return {key: entry or {} for key, entry in (lock.get("stages") or {}).items() if key.partition("@")[2] == task}
+
+
+def with_task_entries(stages: dict[str, Any], task: str, entries: dict[str, Any]) -> dict[str, Any]:
+    """dvc.lock's `stages` with the task's entries replaced by `entries`; every other task's entry is kept.
+
+    A replaced entry keeps its place (so restoring the latest version gives back the committed file), an
+    entry absent from `entries` goes, and a new one is appended.
+    """
+    merged = {}
+    for key, entry in stages.items():
+        if key.partition("@")[2] != task:
+            merged[key] = entry
+        elif key in entries:
+            merged[key] = entries[key]
+    for key, entry in entries.items():
+        merged.setdefault(key, entry)
+    return merged
+
+
+def leaves(key: str, value: Any) -> dict[str, Any]:
+    """`{dotted key: value}` of the scalars and lists under a params key (a stage may depend on a whole section)."""
+    if isinstance(value, dict) and value:
+        return {k: v for sub, item in value.items() for k, v in leaves(f"{key}.{sub}", item).items()}
+    return {key: value}
+
+
+def changed_params(entries: dict[str, dict[str, Any]], params: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """`{dotted key: (then, now)}` for each params.yaml value the entries recorded that differs in `params` now."""
+    changed = {}
+    for entry in entries.values():
+        for key, then in ((entry.get("params") or {}).get("params.yaml") or {}).items():
+            now: Any = params
+            for part in key.split("."):
+                now = now.get(part) if isinstance(now, dict) else None
+            old, new = leaves(key, then), leaves(key, now)
+            for leaf in sorted(set(old) | set(new)):
+                if old.get(leaf) != new.get(leaf):
+                    changed[leaf] = (old.get(leaf), new.get(leaf))
+    return changed
+
+
+def pointer_outs(pointer: str, text: str) -> list[dict[str, Any]]:
+    """The outs of a `.dvc` file, with `path` made relative to the repository root."""
+    try:
+        outs = (yaml.safe_load(text) or {}).get("outs") or []
+    except yaml.YAMLError as exc:
+        raise StageError(f"{pointer}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    base = Path(pointer).parent
+    return [{**out, "path": (base / out["path"]).as_posix()} for out in outs if "path" in out]
+
+
+def is_within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def stage_outs(lock: dict[str, Any], task: str, stages: Sequence[str]) -> dict[str, str]:
@@ -198,11 +258,6 @@ def history(task: str) -> list[DatasetVersion]:
     return [dataset_version(locks[i][0], locks[i][1], task) for i in new_versions(seen)]
 
 
-def dvc_bin() -> str:
-    candidate = Path(sys.executable).with_name("dvc")
-    return str(candidate) if candidate.exists() else "dvc"
-
-
 # ---------------------------------------------------------------- MLflow
 
 
@@ -278,31 +333,134 @@ def cmd_list(task: str, *, as_json: bool) -> None:
         print(f"    models: {models_text or 'none registered'}")
 
 
+def task_pointers(commit: str, entries: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """`{.dvc file: outs}` at `commit` for the `dvc add`-ed inputs the task's stages depend on (source, annotations)."""
+    deps = {dep["path"] for entry in entries.values() for dep in entry.get("deps") or [] if "path" in dep}
+    found = {}
+    for pointer in git("ls-tree", "-r", "--name-only", commit).splitlines():
+        if pointer.endswith(".dvc"):
+            outs = pointer_outs(pointer, git("show", f"{commit}:{pointer}"))
+            if any(is_within(out["path"], dep) or is_within(dep, out["path"]) for out in outs for dep in deps):
+                found[pointer] = outs
+    return found
+
+
+def _hash_info(out: dict[str, Any]) -> Any:
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    # an entry written by DVC 2 has no `hash: md5` and its object lives in the legacy cache
+    return HashInfo("md5" if out.get("hash") == "md5" else "md5-dos2unix", out["md5"])
+
+
+def _odb(repo: Any, hash_info: Any) -> Any:
+    return repo.cache.local if hash_info.name == "md5" else repo.cache.legacy
+
+
+def missing_objects(repo: Any, hash_infos: set[Any]) -> set[Any]:
+    """The hashes whose object, or for a directory its manifest or any file in it, is not in the local cache."""
+    from dvc_data.hashfile.tree import Tree
+
+    missing = set()
+    for hash_info in hash_infos:
+        odb = _odb(repo, hash_info)
+        if not odb.exists(hash_info.value):
+            missing.add(hash_info)
+        elif hash_info.isdir and not all(odb.exists(entry.value) for _, _, entry in Tree.load(odb, hash_info)):
+            missing.add(hash_info)
+    return missing
+
+
+def fetch_missing(repo: Any, outs: list[dict[str, Any]], where: str) -> None:
+    """Bring the objects of `outs` into the local cache from the default remote; one line when one is in neither."""
+    missing = missing_objects(repo, {_hash_info(out) for out in outs})
+    reason = "nor on the default remote"
+    if missing:
+        dvc_logger = logging.getLogger("dvc")
+        level = dvc_logger.level
+        dvc_logger.setLevel(logging.ERROR)  # DVC's multi-line warning listing the missing files: the error says it
+        try:
+            repo.cloud.pull(missing)
+        except Exception as exc:  # no remote configured, unreachable, ...
+            reason = f"and the remote failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        finally:
+            dvc_logger.setLevel(level)
+        missing = missing_objects(repo, missing)
+    if missing:
+        out = next(out for out in outs if _hash_info(out) in missing)
+        raise StageError(f"{out['path']} ({out['md5']}) of {where}: not in the DVC cache {reason} "
+                         "(dvc push it where it was built, or dvc pull -r <remote that has it>)")
+
+
+def restore_out(repo: Any, out: dict[str, Any]) -> None:
+    """Write one output from the DVC cache, as `dvc checkout` does, without needing a stage in dvc.yaml for it."""
+    from dvc_data.hashfile import load
+    from dvc_data.hashfile.checkout import CheckoutError, LinkError, PromptError, checkout
+
+    hash_info = _hash_info(out)
+    odb = _odb(repo, hash_info)
+    path = os.path.abspath(out["path"])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        checkout(path, repo.fs, load(odb, hash_info), odb, state=repo.state)
+    except PromptError:
+        raise StageError(f"{out['path']}: changed in the workspace and not in the DVC cache; dvc commit or "
+                         "delete it first") from None
+    except (CheckoutError, LinkError) as exc:
+        raise StageError(f"{out['path']}: dvc checkout failed: {type(exc).__name__}: {exc}") from None
+
+
+def write_task_entries(task: str, entries: dict[str, Any], schema: str) -> None:
+    """Put the task's entries into dvc.lock with DVC's own YAML writer; other tasks' entries stay as they are."""
+    from dvc.utils.serialize import dump_yaml, modify_yaml
+
+    if not Path(LOCK_FILE).is_file():
+        dump_yaml(LOCK_FILE, {"schema": schema, "stages": entries})
+        return
+    with modify_yaml(LOCK_FILE) as data:
+        data["stages"] = with_task_entries(data.get("stages") or {}, task, entries)
+
+
 def cmd_checkout(task: str, rev: str, *, as_json: bool) -> None:
+    from dvc.repo import Repo
+    from dvc.utils.serialize import loads_yaml
+
     commit = git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False).strip()
     if not commit:
         raise StageError(f"{rev}: not a git revision")
     lock = lock_at(commit)
-    entries = task_stages(lock, task)
+    entries = task_entries(lock, task)
     if not entries:
-        raise StageError(f"{commit[:10]}:{LOCK_FILE}: no stage for task {task!r}")
+        raise StageError(f"{task}: no dataset version at {commit[:10]}: its {LOCK_FILE} has no stage of that task "
+                         f"(python -m stages.versions list {task})")
     version = dataset_version(commit, lock, task)
-    # dvc.lock moves as a whole, so take every stage's committed outputs with it and check out every stage
-    all_outs = {out["path"] for entry in (lock.get("stages") or {}).values() for out in (entry or {}).get("outs") or []
-                if "path" in out}
-    committed = tracked_at(commit, sorted(all_outs))
-    # inputs versioned with `dvc add` (annotations, a source table) go back too: their .dvc files are the pointers
-    dvc_files = [p for p in git("ls-tree", "-r", "--name-only", commit).splitlines() if p.endswith(".dvc")]
-    git("checkout", commit, "--", LOCK_FILE, *committed, *dvc_files)
-    targets = sorted(lock.get("stages") or {}) + dvc_files
-    result = subprocess.run([dvc_bin(), "checkout", *targets], capture_output=True, text=True)
-    if result.returncode != 0:
-        lines = [ln for ln in (result.stderr + result.stdout).splitlines() if ln.strip()] or ["failed"]
-        error = next((ln for ln in lines if "ERROR" in ln), lines[0])
-        raise StageError(f"dvc checkout at {commit[:10]}: {error.strip()} (try: dvc pull)")
+    # what a version is: the task's entries in dvc.lock, their outputs (git-tracked metrics from git, the rest
+    # from the DVC cache by md5) and the .dvc pointers of the inputs they read. Nothing is looked up in the
+    # current dvc.yaml, whose `foreach: ${run}` need not generate these stages any more; params.yaml stays.
+    outs = [out for entry in entries.values() for out in entry.get("outs") or [] if "path" in out and "md5" in out]
+    committed = tracked_at(commit, [out["path"] for out in outs])
+    uncached = uncached_outs(dag_at(commit), task)
+    pointers = task_pointers(commit, entries)
+    cached = [out for out in outs if out["path"] not in committed and out["path"] not in uncached]
+    cached += [out for pointed in pointers.values() for out in pointed if "md5" in out]
+    try:
+        repo = Repo(".")
+    except Exception as exc:
+        raise StageError(f"not a DVC repository: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    with repo, repo.lock:
+        fetch_missing(repo, cached, f"{task} at {commit[:10]}")  # before anything is written
+        if committed or pointers:
+            git("checkout", commit, "--", *committed, *pointers)
+        for out in cached:
+            restore_out(repo, out)
+        # DVC's own YAML reading (1.2: `1e-06` is a number), so entries are written back and compared as DVC sees them
+        raw = loads_yaml(git("show", f"{commit}:{LOCK_FILE}"), typ="rt") or {}
+        restored = {key: raw["stages"][key] for key in entries}
+        write_task_entries(task, restored, str(raw.get("schema", "2.0")))
+    params = changed_params(restored, load_params()) if Path(PARAMS_FILE).is_file() else {}
     models = matching_models(version, models_for(set(version.hashes.values())))
     if as_json:
-        print(json.dumps({**asdict(version), "models": [asdict(m) for m in models]}, indent=2))
+        print(json.dumps({**asdict(version), "models": [asdict(m) for m in models],
+                          "params_changed": {k: {"then": a, "now": b} for k, (a, b) in params.items()}}, indent=2))
         return
     print(f"{task}: checked out dataset version {commit[:10]} ({version.subject})")
     for path, md5 in version.hashes.items():
@@ -311,6 +469,10 @@ def cmd_checkout(task: str, rev: str, *, as_json: bool) -> None:
         print(f"    trained on it: {m.name} v{m.version}" + (f" @{','.join(m.aliases)}" if m.aliases else ""))
     if not models:
         print("    trained on it: no registered model version")
+    if params:
+        print(f"{PARAMS_FILE} stays as it is; it differs from that version in "
+              + ", ".join(f"{key} ({then!r} then, {now!r} now)" for key, (then, now) in params.items())
+              + ": dvc repro would rebuild from the current values")
     print(f"back to the latest: python -m stages.versions checkout {task} HEAD")
 
 
@@ -381,8 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_list = sub.add_parser("list", help="dataset versions of a task, with hashes, row counts and models")
     p_list.add_argument("task")
-    p_checkout = sub.add_parser("checkout", help="restore a dataset version: git checkout <rev> -- dvc.lock; "
-                                                 "dvc checkout")
+    p_checkout = sub.add_parser("checkout", help="restore a task's dataset version: its dvc.lock entries, metrics, "
+                                                 ".dvc pointers and cached outputs")
     p_checkout.add_argument("task")
     p_checkout.add_argument("rev")
     p_model = sub.add_parser("model", help="the git revision and data hashes a registered model was trained on")

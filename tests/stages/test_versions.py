@@ -6,15 +6,20 @@ import hashlib
 
 import pytest
 
+from stages.common import StageError
 from stages.versions import (
     DatasetVersion,
     ModelVersion,
+    changed_params,
     is_cache_object_intact,
     matching_models,
     new_versions,
+    pointer_outs,
     row_counts,
     stage_outs,
+    task_entries,
     task_stages,
+    with_task_entries,
 )
 
 LOCK = {"schema": "2.0", "stages": {
@@ -77,3 +82,40 @@ def test_uncached_outs_from_a_foreach_dag():
         "outs": ["data/${item}/labeled.parquet", {"data/${item}/features.npz": {"cache": False, "persist": True}}],
         "metrics": [{"metrics/${item}/label.json": {"cache": False}}]}}}}
     assert uncached_outs(dag, "spam") == {"data/spam/features.npz", "metrics/spam/label.json"}
+
+
+def test_task_entries_keep_the_full_stage_keys_in_file_order():
+    assert list(task_entries(LOCK, "spam")) == ["acquire@spam", "clean@spam", "train@spam"]
+    assert task_entries(LOCK, "animals") == {}
+
+
+@pytest.mark.parametrize("restored,expected", [
+    # same stages: replaced in place, so restoring the committed entries gives back the committed order
+    ({"acquire@spam": "A1", "clean@spam": "C1", "train@spam": "T1"},
+     [("acquire@spam", "A1"), ("clean@spam", "C1"), ("acquire@news", "news"), ("train@spam", "T1")]),
+    # a stage the version did not have goes; one it had that the lock no longer holds is appended
+    ({"acquire@spam": "A1", "split@spam": "S1"},
+     [("acquire@spam", "A1"), ("acquire@news", "news"), ("split@spam", "S1")]),
+])
+def test_with_task_entries_replaces_only_that_tasks_entries(restored, expected):
+    stages = {"acquire@spam": "a", "clean@spam": "c", "acquire@news": "news", "train@spam": "t"}
+    assert list(with_task_entries(stages, "spam", restored).items()) == expected
+
+
+def test_changed_params_reports_leaves_of_whole_sections_and_ignores_equal_values():
+    entries = {"acquire@news": {"params": {"params.yaml": {"tasks.news.max_per_class": 60, "base.seed": 42}}},
+               "label@news": {"params": {"params.yaml": {"tasks.news": {"max_per_class": 60, "labels": ["a", "b"]},
+                                                         "label": {"c": 0.01}}}}}
+    params = {"base": {"seed": 42}, "tasks": {"news": {"max_per_class": 90, "labels": ["a", "b"]}},
+              "label": {"c": 0.01}}
+    assert changed_params(entries, params) == {"tasks.news.max_per_class": (60, 90)}
+    assert changed_params(entries, {"base": {"seed": 1}}) == {  # sections gone now: each of their leaves
+        "base.seed": (42, 1), "label.c": (0.01, None), "tasks.news.labels": (["a", "b"], None),
+        "tasks.news.max_per_class": (60, None)}
+
+
+def test_pointer_outs_are_relative_to_the_repository_root():
+    text = "outs:\n- md5: abc.dir\n  hash: md5\n  path: source\n"
+    assert pointer_outs("data/news/source.dvc", text) == [{"md5": "abc.dir", "hash": "md5", "path": "data/news/source"}]
+    with pytest.raises(StageError, match="data/x.dvc: invalid YAML"):
+        pointer_outs("data/x.dvc", "outs: [")
