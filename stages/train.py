@@ -55,7 +55,7 @@ from stages.common import (
     write_json,
 )
 from stages.dropout import fast_dropout
-from stages.labeling.features import FEATURE_STORE, store_path
+from stages.labeling.features import FEATURE_STORE, cached_extract, store_path
 from stages.modalities import Modality, check_backbone, task_modality
 from stages.model import (
     Classifier,
@@ -226,8 +226,7 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
     trial settles by the end of its own budget instead of drifting at a constant rate (which leaves early
     stopping and the pruner comparing noise). Given `steps_per_epoch` (the batches `batches` yields per epoch),
     the rate is set at every step instead, from the fraction of the schedule done. `label_smoothing` is the
-    cross-entropy's. Returns
-    `(best_metric, best_epoch, epochs_run)`. `on_epoch` may raise (e.g. TrialPruned).
+    cross-entropy's. Returns `(best_metric, best_epoch, epochs_run)`. `on_epoch` may raise (e.g. TrialPruned).
     """
     horizon = schedule_epochs or max_epochs
     lr_factor(lr_schedule, 0, horizon)  # an unknown schedule fails before any training
@@ -302,8 +301,7 @@ class HeadStrategy:
             tensors = load_file(str(cache))
             return tensors["train"], tensors["val"]
         if self.feature_store is not None and data.train_ids is not None and data.val_ids is not None:
-            from stages.labeling.features import cached_extract  # the label stage has encoded these rows already
-
+            # the label stage has encoded these rows already (same encoder spec): read them from its store
             extract = lambda payloads, ids, desc: torch.from_numpy(cached_extract(  # noqa: E731
                 self.modality, self.spec, ids, payloads, batch_size=batch_size, cache_path=self.feature_store,
                 desc=desc, prune=False))

@@ -79,4 +79,4 @@ def test_importing_annotations_changes_lock_and_registered_model(built):
     metrics = json.loads((repo / "metrics/spam/label.json").read_text())
     assert metrics["annotations"]["accepted"] == 6 and metrics["annotations"]["labels_changed_from_source"] == 6
     # the feature cache was kept (persist) and reused: only the classifier reran
-    assert (repo / ".cache/label/spam.npz").is_file()
+    assert len(list((repo / ".cache/features").glob("spam-text-*.npz"))) == 1
