@@ -88,3 +88,18 @@ def tiny_profile(params: dict) -> None:
 def stages_run(output: str) -> set[str]:
     """Names of the stages `dvc repro` ran, from its output."""
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def versions(repo: Path, *args: str, check: bool = True):
+    """`python -m stages.versions ...` in `repo`."""
+    return run([sys.executable, "-m", "stages.versions", *args], repo, check=check)
+
+
+def commit(repo: Path, message: str, tag: str | None = None) -> str:
+    """`git add -A`, commit (and tag); the new commit's sha."""
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", message], repo)
+    if tag:
+        run(["git", "tag", tag], repo)
+    return run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.pipeline_utils import copy_repo, dvc, run, stages_run
+from tests.pipeline_utils import commit, copy_repo, dvc, run, stages_run, versions
 from tests.robustness_utils import apply_spam_profile, cache_tracked_inputs, synthetic_sms, write_csv
 from tests.robustness_utils import data_files as task_files
 
@@ -43,18 +42,6 @@ def timed(name: str, fn, *args, **kwargs):
 
 def data_files(repo: Path) -> dict[str, bytes]:
     return task_files(repo, TASK)
-
-
-def versions(repo: Path, *args: str, check: bool = True):
-    return run([sys.executable, "-m", "stages.versions", *args], repo, check=check)
-
-
-def commit(repo: Path, message: str, tag: str | None = None) -> str:
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", message], repo)
-    if tag:
-        run(["git", "tag", tag], repo)
-    return run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
 
 
 @pytest.fixture(scope="module")

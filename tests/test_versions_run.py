@@ -17,13 +17,12 @@ returns to the committed latest, and that `list` and `model` still follow the ta
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.pipeline_utils import copy_repo, dvc, edit_params, run, tiny_profile
+from tests.pipeline_utils import commit, copy_repo, dvc, edit_params, run, tiny_profile, versions
 from tests.robustness_utils import create_input_dirs, data_files
 
 pytestmark = pytest.mark.slow
@@ -31,18 +30,6 @@ pytestmark = pytest.mark.slow
 TASK = "news"
 SCENARIOS = ("same", "other_task_added", "other_task_removed")  # in history order: each builds on the one before
 ROWS = {"v1": 12, "v2": 18, "v3": 24}
-
-
-def versions(repo: Path, *args: str, check: bool = True):
-    return run([sys.executable, "-m", "stages.versions", *args], repo, check=check)
-
-
-def commit(repo: Path, message: str, tag: str | None = None) -> str:
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", message], repo)
-    if tag:
-        run(["git", "tag", tag], repo)
-    return run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
 
 
 def lock_stages(repo: Path) -> dict:

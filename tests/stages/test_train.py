@@ -90,15 +90,10 @@ def test_fit_epochs_restores_best_epoch_and_stops_early():
     assert torch.equal(module.weight.detach(), snapshots[0.9])
 
 
-@pytest.mark.parametrize("schedule,expected", [("constant", [0.1, 0.1, 0.1, 0.1]),
-                                               ("cosine", [0.1, 0.085355, 0.05, 0.014645])])
-def test_fit_epochs_sets_the_learning_rate_per_epoch(schedule, expected, monkeypatch):
-    module = torch.nn.Linear(2, 2)
-    seen = []
-
-    def batches(epoch):
-        yield torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
-
+@pytest.fixture
+def learning_rates(monkeypatch) -> list[float]:
+    """The learning rate of every real AdamW step taken while the test runs, in order."""
+    seen: list[float] = []
     original_step = torch.optim.AdamW.step
 
     def record(self, *args, **kwargs):
@@ -106,26 +101,30 @@ def test_fit_epochs_sets_the_learning_rate_per_epoch(schedule, expected, monkeyp
         return original_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", record)  # observes the real optimiser's learning rate
+    return seen
+
+
+@pytest.mark.parametrize("schedule,expected", [("constant", [0.1, 0.1, 0.1, 0.1]),
+                                               ("cosine", [0.1, 0.085355, 0.05, 0.014645])])
+def test_fit_epochs_sets_the_learning_rate_per_epoch(schedule, expected, learning_rates):
+    module, seen = torch.nn.Linear(2, 2), learning_rates
+
+    def batches(epoch):
+        yield torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+
     fit_epochs(module, batches=batches, evaluate=lambda: 0.5, lr=0.1, weight_decay=0.0, max_epochs=4,
                patience=10, device=torch.device("cpu"), on_epoch=lambda e, m: None, lr_schedule=schedule)
     assert seen == pytest.approx(expected, abs=1e-6)
 
 
-def test_warmup_cosine_ramps_up_then_decays_to_zero_and_runs_per_step(monkeypatch):
+def test_warmup_cosine_ramps_up_then_decays_to_zero_and_runs_per_step(learning_rates):
     assert [lr_factor("warmup_cosine", e, 10) for e in (0, 1, 2, 6, 10)] == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0])
-    module, seen = torch.nn.Linear(2, 2), []
+    module, seen = torch.nn.Linear(2, 2), learning_rates
 
     def batches(epoch):
         for _ in range(5):
             yield torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
 
-    original_step = torch.optim.AdamW.step
-
-    def record(self, *args, **kwargs):
-        seen.append(self.param_groups[0]["lr"])
-        return original_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", record)  # observes the real optimiser's learning rate
     fit_epochs(module, batches=batches, evaluate=lambda: 0.5, lr=0.1, weight_decay=0.0, max_epochs=2, patience=10,
                device=torch.device("cpu"), on_epoch=lambda e, m: None, lr_schedule="warmup_cosine", steps_per_epoch=5)
     # 10 steps: 2 of warmup (0, 0.05), then the cosine from the peak down towards 0, a new rate at every step
