@@ -55,7 +55,7 @@ from stages.common import (
     write_json,
 )
 from stages.dropout import fast_dropout
-from stages.labeling.features import FEATURE_STORE, cached_extract, store_path
+from stages.labeling.features import cached_extract, store_path
 from stages.modalities import Modality, check_backbone, task_modality
 from stages.model import (
     Classifier,
@@ -397,16 +397,14 @@ class HybridStrategy(ProbeStrategy):
         vocab, idf = fit_tfidf(data.train_payloads, params)
         self.backbone = HybridBackbone(self.backbone, TfidfFeatures(vocab, idf, params)).to(self.device)
         self.spec = {**encoder_spec, "tfidf": dataclasses.asdict(params)}
-        weight = params.encoder_weight
         with torch.no_grad():  # plain tensors: the probe's L-BFGS differentiates through its head on them
-            self.x_train = torch.cat([nn.functional.normalize(self.x_train.float(), dim=1) * weight,
-                                      self._tfidf(data.train_payloads)], dim=1)
-            self.x_val = torch.cat([nn.functional.normalize(self.x_val.float(), dim=1) * weight,
-                                    self._tfidf(data.val_payloads)], dim=1)
+            self.x_train = self._combine(self.x_train, data.train_payloads)
+            self.x_val = self._combine(self.x_val, data.val_payloads)
 
-    def _tfidf(self, texts: Sequence[str]) -> torch.Tensor:
-        tfidf = self.backbone.tfidf
-        return tfidf(to_device(tfidf.encode(texts), self.device))
+    def _combine(self, encoded: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """The hybrid feature of `texts` from their stored encoder features, as the saved model computes it."""
+        batch = to_device(self.backbone.tfidf.encode(texts), self.device)
+        return self.backbone.combine(encoded, batch)
 
 
 class FullStrategy:
@@ -689,17 +687,19 @@ class WorkerSpec:
     parent_run_id: str | None
     threads: int
     index: int
+    feature_store: str | None = None
 
 
 class StrategyPool:
     """The study's strategies for one task, each built on first use (`head` extracts or loads its features then)."""
 
     def __init__(self, params: dict[str, Any], tp: TrainParams, task: str, data_path: str, study_dir: Path,
-                 device: torch.device) -> None:
+                 device: torch.device, feature_store: str | None = None) -> None:
         self.labels = list(task_params(params, task)["labels"])
         self.modality = task_modality(params, task)
         self.choices = strategy_choices(tp, self.modality.name)
         self.tp, self.study_dir, self.device, self.task = tp, study_dir, device, task
+        self.feature_store = feature_store
         self.data = split_data(read_parquet(data_path), self.modality, self.labels)
         self.data_md5 = file_md5(data_path)
         self._built: dict[str, Any] = {}
@@ -714,7 +714,8 @@ class StrategyPool:
                 self.modality, spec, self.data, metric=self.tp.metric, patience=self.tp.patience, device=self.device,
                 feature_batch_size=self.tp.feature_batch_size,
                 feature_cache=self.study_dir / "features" / f"{key}.safetensors",
-                feature_store=store_path(FEATURE_STORE, self.task, self.modality, spec))
+                feature_store=(store_path(self.feature_store, self.task, self.modality, spec)
+                               if self.feature_store else None))
         return self._built[name]
 
 
@@ -736,7 +737,7 @@ def run_worker(spec: WorkerSpec) -> None:
     configure_threads(spec.threads)
     device = choose_device()
     study_dir = Path(spec.study_dir)
-    pool = StrategyPool(params, tp, spec.task, spec.data_path, study_dir, device)
+    pool = StrategyPool(params, tp, spec.task, spec.data_path, study_dir, device, spec.feature_store)
     storage = open_storage(tp.storage, study_dir)
     study = optuna.load_study(study_name=spec.study_name, storage=storage,
                               sampler=optuna.samplers.TPESampler(seed=seed + spec.index), pruner=make_pruner(tp.pruner))
@@ -844,6 +845,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("task")
     parser.add_argument("--in", dest="inp", required=True)
     parser.add_argument("--study-dir", required=True, help="journal, feature cache and checkpoints (persisted)")
+    parser.add_argument("--feature-store", help="the label stage's encoder features (folder), read instead of "
+                                                "encoding the train and val rows again")
     parser.add_argument("--model-dir", help="where the final model goes (not with --worker-only)")
     parser.add_argument("--summary")
     parser.add_argument("--metrics")
@@ -870,7 +873,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     if args.worker_only:
-        run_worker(WorkerSpec(args.task, args.inp, str(study_dir), name, None, total_threads, index=os.getpid()))
+        run_worker(WorkerSpec(args.task, args.inp, str(study_dir), name, None, total_threads, index=os.getpid(),
+                              feature_store=args.feature_store))
         return
     if not (args.model_dir and args.summary and args.metrics):
         parser.error("--model-dir, --summary and --metrics are required unless --worker-only")
@@ -894,7 +898,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not study.get_trials(deepcopy=False):
         for first in first_trials(tp, choices):
             study.enqueue_trial(first)
-    pool = StrategyPool(params, tp, args.task, args.inp, study_dir, device)
+    pool = StrategyPool(params, tp, args.task, args.inp, study_dir, device, args.feature_store)
     for choice in choices:  # head features are extracted (and cached in the study folder) once, before workers
         pool.get(choice)
 
@@ -915,8 +919,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             mlflow.log_artifacts(args.reports, "data_quality")
         if recovered:
             mlflow.set_tag("optuna.recovered_trials", ",".join(map(str, recovered)))
-        run_workers(WorkerSpec(args.task, args.inp, str(study_dir), name, parent.info.run_id, threads, index=0),
-                    tp.n_workers)
+        run_workers(WorkerSpec(args.task, args.inp, str(study_dir), name, parent.info.run_id, threads, index=0,
+                               feature_store=args.feature_store), tp.n_workers)
 
         trials = study.get_trials(deepcopy=False)
         states = [t.state.name for t in trials]

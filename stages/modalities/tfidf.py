@@ -90,6 +90,10 @@ class HybridBackbone(nn.Module):
         self.feature_dim = text.feature_dim + len(tfidf.vocab)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        encoded = self.text({k: v for k, v in batch.items() if not k.startswith("tfidf_")})
+        return self.combine(self.text({k: v for k, v in batch.items() if not k.startswith("tfidf_")}), batch)
+
+    def combine(self, encoded: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """The hybrid feature from the encoder's features and the batch's TF-IDF terms (training passes stored
+        encoder features here, serving the encoder's output: one definition for both)."""
         encoded = nn.functional.normalize(encoded.float(), dim=1) * self.tfidf.params.encoder_weight
         return torch.cat([encoded, self.tfidf(batch)], dim=1)
