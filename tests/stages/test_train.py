@@ -132,6 +132,39 @@ def test_warmup_cosine_ramps_up_then_decays_to_zero_and_runs_per_step(learning_r
     assert all(a > b for a, b in zip(seen[2:], seen[3:])) and seen[-1] < 0.01
 
 
+def test_one_cycle_is_torchs_one_cycle_per_step_with_beta1_cycled_against_the_rate(monkeypatch):
+    seen: list[tuple[float, float]] = []
+    original_step = torch.optim.AdamW.step
+
+    def record(self, *args, **kwargs):
+        seen.append((self.param_groups[0]["lr"], self.param_groups[0]["betas"][0]))
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", record)
+    module = torch.nn.Linear(2, 2)
+
+    def batches(epoch):
+        for _ in range(5):
+            yield torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+
+    # 3 epochs of a 4-epoch horizon: the schedule is the horizon's, cut short, never stepped past its end
+    fit_epochs(module, batches=batches, evaluate=lambda: 0.5, lr=0.1, weight_decay=0.0, max_epochs=3, patience=10,
+               device=torch.device("cpu"), on_epoch=lambda e, m: None, lr_schedule="one_cycle", steps_per_epoch=5,
+               schedule_epochs=4)
+    rates, beta1 = [r for r, _ in seen], [b for _, b in seen]
+    assert len(seen) == 15 and rates[0] == pytest.approx(0.1 / 25) and beta1[0] == pytest.approx(0.95)
+    peak = rates.index(max(rates))
+    assert max(rates) == pytest.approx(0.1) and beta1[peak] == pytest.approx(0.85) and 2 <= peak <= 4  # 20% of 20
+    assert all(a < b for a, b in zip(rates[:peak], rates[1:peak + 1]))
+    assert all(a > b for a, b in zip(rates[peak:], rates[peak + 1:]))
+    assert all(a < b for a, b in zip(beta1[peak:], beta1[peak + 1:]))
+    # the full horizon ends at lr / 25e4 with beta1 back at 0.95, and a longer run does not step past the end
+    seen.clear()
+    fit_epochs(module, batches=batches, evaluate=lambda: 0.5, lr=0.1, weight_decay=0.0, max_epochs=4, patience=10,
+               device=torch.device("cpu"), on_epoch=lambda e, m: None, lr_schedule="one_cycle", steps_per_epoch=5)
+    assert len(seen) == 20 and seen[-1][0] < 0.1 / 25e3 and seen[-1][1] == pytest.approx(0.95, abs=1e-3)
+
+
 def test_refit_horizon_keeps_the_trials_schedule():
     # a refit that stops after 2 of the trial's 8 epochs sees the trial's learning rates, not a faster decay
     assert [lr_factor("cosine", e, 8) for e in range(2)] == pytest.approx([1.0, 0.9619398])
