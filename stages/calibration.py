@@ -35,14 +35,16 @@ def nll(logits: np.ndarray, labels: np.ndarray, *, temperature: float = 1.0) -> 
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T > 0 that minimises the NLL of `labels` under softmax(`logits / T`) (1.0 with no rows).
+    """The T > 0 that minimises the NLL of `labels` under softmax(`logits / T`).
 
     One bounded scalar search over log T: deterministic, no learning rate, and it cannot leave the bracket.
+    With no rows, or when every row's arg-max is right, it returns 1.0 (the model unchanged): then the NLL only
+    falls as T -> 0, so the rows say nothing about how confident the model should be (a tiny or easy val split).
     """
     from scipy.optimize import minimize_scalar
 
     labels = np.asarray(labels, dtype=np.int64)
-    if len(labels) == 0:
+    if len(labels) == 0 or (np.asarray(logits).argmax(axis=1) == labels).all():
         return 1.0
     result = minimize_scalar(lambda log_t: nll(logits, labels, temperature=float(np.exp(log_t))),
                              bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-4})

@@ -58,7 +58,10 @@ def test_reliability_bins_are_equal_width_and_hold_every_row():
     assert table[0]["lower"] == 0.0 and all(b["lower"] == pytest.approx(a["upper"]) for a, b in zip(table, table[1:]))
 
 
-def test_empty_rows_and_old_configs():
+def test_empty_rows_rows_without_errors_and_old_configs():
     assert fit_temperature(np.zeros((0, 3)), np.zeros(0, dtype=int)) == 1.0
+    # every row right: the NLL falls all the way to T -> 0, nothing to fit; the model is left as it is
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0]])
+    assert fit_temperature(logits, np.array([0, 1, 0])) == 1.0 and fit_temperature(logits, np.array([0, 0, 0])) != 1.0
     assert expected_calibration_error(np.zeros((0, 3)), np.zeros(0, dtype=int)) == 0.0
     assert temperature_of({}) == 1.0 and temperature_of({"calibration": {"temperature": 1.7}}) == 1.7
