@@ -106,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         reloaded, _, _ = load_classifier(tmp_dir)
         val_logits, _ = timed_predict(reloaded, modality, config["spec"], list(val[modality.payload_column]),
                                       batch_size=cp.batch_size)
-        calibration = calibrate(val_logits, val["label"].map({lab: i for i, lab in enumerate(config["labels"])})
-                                .to_numpy(), fitted_on="val")
+        y_val = val["label"].map({lab: i for i, lab in enumerate(config["labels"])}).to_numpy()
+        calibration = calibrate(val_logits, y_val, fitted_on="val")
         write_json(tmp_dir / CONFIG_FILE, {**config, "compression": compression, "calibration": calibration})
     small, small_config, _ = load_classifier(Path(args.out_dir))  # measure exactly what serving will load
     scored = json.loads(Path(args.eval).read_text())
@@ -120,11 +120,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         result[name] = {"bytes": serialized_bytes(candidate), "latency_ms_per_item": 1000 * seconds / len(timed)}
     logits, _ = timed_predict(small, modality, config["spec"], payloads, batch_size=cp.batch_size)
     pred = logits.argmax(1)
+    temperature = temperature_of(small_config)
     result["compressed"].update(accuracy=float(accuracy_score(y_true, pred)),
                                 macro_f1=float(f1_score(y_true, pred, average="macro", zero_division=0)),
-                                temperature=temperature_of(small_config),
-                                ece=expected_calibration_error(softmax(logits, temperature=temperature_of(small_config)),
-                                                               y_true),
+                                temperature=temperature,
+                                ece=expected_calibration_error(softmax(logits, temperature=temperature), y_true),
                                 ece_uncalibrated=expected_calibration_error(softmax(logits), y_true))
     result["original"].update(accuracy=float(scored["accuracy"]), macro_f1=float(scored["macro_f1"]),
                               **{k: scored[k] for k in ("temperature", "ece", "ece_uncalibrated") if k in scored})
