@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("task", nargs="?", default="news")
     parser.add_argument("--repo", type=Path, default=Path("."))
     parser.add_argument("--aliases", nargs="+", default=["champion", "champion-compressed"])
+    parser.add_argument("--paths", nargs="+", choices=["http", "in-process"], default=["http", "in-process"])
     parser.add_argument("--requests", type=int, default=30, help="at most this many timed requests per cell")
     parser.add_argument("--seconds", type=float, default=30.0, help="no request starts after this many seconds")
     args = parser.parse_args()
@@ -114,8 +115,8 @@ def main() -> None:
     for alias in args.aliases:
         uri = f"models:/{args.task}-classifier@{alias}"
         cells: list[tuple[str, int, list[float]]] = []
-        with served(args.repo, uri) as url:
-            for batch in BATCHES:
+        with (served(args.repo, uri) if "http" in args.paths else contextlib.nullcontext()) as url:
+            for batch in BATCHES if "http" in args.paths else ():
                 bodies = [as_json(rows(batch, i)) for i in range(args.requests + 1)]
 
                 def post(i: int, bodies: list[bytes] = bodies) -> None:
@@ -125,8 +126,8 @@ def main() -> None:
                         response.read()
 
                 cells.append(("HTTP", batch, measure(post, requests=args.requests, seconds=args.seconds)))
-        model = mlflow.pyfunc.load_model(uri)
-        for batch in BATCHES:
+        model = mlflow.pyfunc.load_model(uri) if "in-process" in args.paths else None
+        for batch in BATCHES if model is not None else ():
             frames = [pd.DataFrame({column: rows(batch, i)}) for i in range(args.requests + 1)]
             cells.append(("in-process", batch, measure(lambda i, frames=frames: model.predict(frames[i % len(frames)]),
                                                       requests=args.requests, seconds=args.seconds)))
