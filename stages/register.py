@@ -6,6 +6,9 @@ with the git commit and the DVC md5 of its training data, and moves alias `champ
 its test macro-F1 beats the current champion's; otherwise it gets `challenger`.
 Writes `registered.json` with name, version, alias, run id and the decision's reason.
 
+The logged model carries `serving_rules.json` (the task modality's `clean.by_modality` params and
+`serve.min_confidence`): serving screens every input row with clean's rules first (`stages/inference.py`).
+
 With `register.compressed` on, the compress stage's model folder is registered too, as the next version
 of the same registered model with alias `<alias>-compressed` (e.g. `champion-compressed`) and tag
 `variant=compressed`, provided its test macro-F1 is no more than `max_compressed_f1_drop` below the
