@@ -6,7 +6,8 @@ the compressed model folder (pruned weights in safetensors; `load_classifier` re
 quantisation, see stages/model.py) and a metrics JSON comparing the compressed model, as reloaded
 from that folder, with the original: in-memory serialised size, latency per item on the same
 `latency_rows` test rows, and test macro-F1 / accuracy (the compressed model's on every test row; the
-original's are evaluate's, read from its eval.json: the same model on the same rows). The same
+original's are evaluate's, read from its eval.json: the same model on the same rows). The compressed model is
+calibrated like the original (its own temperature, fitted on the val rows; `compressed.ece` on test). The same
 figures are logged to the training run; `register` may register the folder as the compressed
 variant with its own alias.
 """
@@ -60,7 +61,7 @@ def serialized_bytes(model: nn.Module) -> int:
 
 def timed_predict(model: nn.Module, modality: Any, spec: dict[str, Any], payloads: list[Any], *,
                   batch_size: int) -> tuple[np.ndarray, float]:
-    """Class probabilities in fp32 on CPU (int8 kernels do not run under autocast) and the wall time."""
+    """Class logits in fp32 on CPU (int8 kernels do not run under autocast) and the wall time."""
     from stages.model import to_device
 
     outputs = []
@@ -68,7 +69,7 @@ def timed_predict(model: nn.Module, modality: Any, spec: dict[str, Any], payload
     with torch.inference_mode():
         for i in range(0, len(payloads), batch_size):
             batch = to_device(modality.to_batch(payloads[i:i + batch_size], spec, model.backbone), torch.device("cpu"))
-            outputs.append(torch.softmax(model(batch).float(), 1).numpy())
+            outputs.append(model(batch).float().numpy())
     return np.concatenate(outputs), time.perf_counter() - start
 
 
@@ -84,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from stages import tracking
     from stages.common import atomic_path
-    from stages.model import load_classifier, save_classifier
+    from stages.calibration import calibrate, expected_calibration_error, temperature_of
+    from stages.model import CONFIG_FILE, load_classifier, save_classifier, softmax
 
     params = load_params()
     cp = build(CompressParams, params.get("compress"), "compress")
@@ -96,9 +98,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     payloads = list(test[modality.payload_column])
     y_true = test["label"].map({lab: i for i, lab in enumerate(config["labels"])}).to_numpy()
     compression = {"sparsity": cp.sparsity, "quantize": cp.quantize}
+    val = frame[frame["split"] == "val"].sort_values("id", kind="stable")
     with atomic_path(args.out_dir) as tmp_dir:
         save_classifier(tmp_dir, prune_linear(model, sparsity=cp.sparsity), {**config, "compression": compression})
-    small, _, _ = load_classifier(Path(args.out_dir))  # measure exactly what serving will load
+        # calibrated like the model (stages/calibration.py): its own temperature, fitted on the val rows' logits
+        # of the model as reloaded, since pruning and int8 move the logits
+        reloaded, _, _ = load_classifier(tmp_dir)
+        val_logits, _ = timed_predict(reloaded, modality, config["spec"], list(val[modality.payload_column]),
+                                      batch_size=cp.batch_size)
+        y_val = val["label"].map({lab: i for i, lab in enumerate(config["labels"])}).to_numpy()
+        calibration = calibrate(val_logits, y_val, fitted_on="val")
+        write_json(tmp_dir / CONFIG_FILE, {**config, "compression": compression, "calibration": calibration})
+    small, small_config, _ = load_classifier(Path(args.out_dir))  # measure exactly what serving will load
     scored = json.loads(Path(args.eval).read_text())
     if scored.get("n_test") != len(test):
         raise StageError(f"{args.eval}: field 'n_test': {scored.get('n_test')} test rows, {args.inp} has {len(test)}")
@@ -107,11 +118,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, candidate in (("original", model.cpu().eval()), ("compressed", small)):
         _, seconds = timed_predict(candidate, modality, config["spec"], timed, batch_size=cp.batch_size)
         result[name] = {"bytes": serialized_bytes(candidate), "latency_ms_per_item": 1000 * seconds / len(timed)}
-    proba, _ = timed_predict(small, modality, config["spec"], payloads, batch_size=cp.batch_size)
-    pred = proba.argmax(1)
+    logits, _ = timed_predict(small, modality, config["spec"], payloads, batch_size=cp.batch_size)
+    pred = logits.argmax(1)
+    temperature = temperature_of(small_config)
     result["compressed"].update(accuracy=float(accuracy_score(y_true, pred)),
-                                macro_f1=float(f1_score(y_true, pred, average="macro", zero_division=0)))
-    result["original"].update(accuracy=float(scored["accuracy"]), macro_f1=float(scored["macro_f1"]))
+                                macro_f1=float(f1_score(y_true, pred, average="macro", zero_division=0)),
+                                temperature=temperature,
+                                ece=expected_calibration_error(softmax(logits, temperature=temperature), y_true),
+                                ece_uncalibrated=expected_calibration_error(softmax(logits), y_true))
+    result["original"].update(accuracy=float(scored["accuracy"]), macro_f1=float(scored["macro_f1"]),
+                              **{k: scored[k] for k in ("temperature", "ece", "ece_uncalibrated") if k in scored})
     result["size_ratio"] = result["compressed"]["bytes"] / result["original"]["bytes"]
     result["speedup"] = result["original"]["latency_ms_per_item"] / result["compressed"]["latency_ms_per_item"]
     result["macro_f1_delta"] = result["compressed"]["macro_f1"] - result["original"]["macro_f1"]
@@ -123,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         mlflow.log_metrics({f"compress.{k}": v for k, v in result.items() if isinstance(v, float)})
         mlflow.log_dict(result, "compress/compress.json")
     print(f"compress {args.task}: size x{result['size_ratio']:.2f}, speed x{result['speedup']:.2f}, "
-          f"macro-F1 {result['original']['macro_f1']:.4f} -> {result['compressed']['macro_f1']:.4f}")
+          f"macro-F1 {result['original']['macro_f1']:.4f} -> {result['compressed']['macro_f1']:.4f}, "
+          f"ECE {result['compressed']['ece']:.4f} (T {result['compressed']['temperature']:.3f})")
 
 
 if __name__ == "__main__":

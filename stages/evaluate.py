@@ -5,7 +5,9 @@ each baseline its modality declares (`stages/baselines.py`: TF-IDF + linear SVM 
 scratch for images) on the split's own train rows (augmented copies excluded: what a user would fit on
 `split.parquet`), scored on the same test rows. Writes `eval.json` (accuracy, macro/weighted precision,
 recall and F1, ROC-AUC, log loss, per-class report, `baseline.<name>.{accuracy, macro_f1, fit_seconds}` and
-`margin_macro_f1` = model minus best baseline), a confusion-matrix PNG, a ROC-curve PNG and
+`margin_macro_f1` = model minus best baseline; `ece` of the calibrated model (the temperature train fitted on
+val, `temperature`) and `ece_uncalibrated`, 15 bins), a confusion-matrix PNG, a ROC-curve PNG, a reliability
+diagram (`reliability.png`, both curves) and
 `vs_baseline.csv` (for `dvc plots`); logs the model's metrics to the training run and each baseline as a run
 of its own in the task's experiment.
 """
@@ -193,11 +195,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     index = {lab: i for i, lab in enumerate(labels)}
     y_true = test["label"].map(index).to_numpy()
 
-    from stages.model import predict_proba
+    from stages.calibration import expected_calibration_error, plot_reliability, temperature_of
+    from stages.model import predict_logits, softmax
 
-    proba = predict_proba(classifier, modality, config["spec"], list(test[modality.payload_column]),
-                          batch_size=ep.batch_size, device=choose_device())
+    logits = predict_logits(classifier, modality, config["spec"], list(test[modality.payload_column]),
+                            batch_size=ep.batch_size, device=choose_device())
+    # the model as it serves: its logits divided by the temperature train fitted on val (arg-max unchanged)
+    temperature = temperature_of(config)
+    proba, uncalibrated = softmax(logits, temperature=temperature), softmax(logits)
     metrics = evaluate(y_true, proba, labels)
+    metrics.update(temperature=temperature, ece=expected_calibration_error(proba, y_true),
+                   ece_uncalibrated=expected_calibration_error(uncalibrated, y_true))
     metrics["test_digest"] = test_digest(test)
     if "label_source" in test.columns:  # how well the model does on rows labelled by people, rules, models, source
         metrics["by_label_source"] = evaluate_slices(y_true, proba, list(test["label_source"]))
@@ -211,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     plots = Path(args.plots)
     plot_confusion(y_true, proba.argmax(1), labels, plots / "confusion_matrix.png")
     plot_roc(y_true, proba, labels, plots / "roc.png")
+    plot_reliability({"uncalibrated": (uncalibrated, y_true), f"temperature {temperature:.3f}": (proba, y_true)},
+                     plots / "reliability.png", title="Reliability (test)")
     with atomic_path(plots / "vs_baseline.csv") as tmp:
         tmp.write_text(baseline_table(metrics))
     write_json(args.metrics, metrics)
@@ -228,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         mlflow.log_dict(metrics, "eval/eval.json")
         mlflow.log_artifact(str(plots / "confusion_matrix.png"), "eval")
         mlflow.log_artifact(str(plots / "roc.png"), "eval")
+        mlflow.log_artifact(str(plots / "reliability.png"), "eval")
         if metrics["margin_macro_f1"] is not None:
             mlflow.log_metric("test_margin_macro_f1", metrics["margin_macro_f1"])
         experiment_id = mlflow.active_run().info.experiment_id
@@ -235,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         tracking.log_baseline(params, experiment_id, name, row, study=summary.get("study_name", ""),
                               test_digest=metrics["test_digest"], data_md5=summary.get("train_data_md5", ""))
     margin = metrics["margin_macro_f1"]
-    print(f"evaluate {args.task}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}; "
+    print(f"evaluate {args.task}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+          f"ECE {metrics['ece_uncalibrated']:.4f} -> {metrics['ece']:.4f} (T {temperature:.3f}); "
           + ", ".join(f"{n} macro-F1 {b['macro_f1']:.4f} ({b['fit_seconds']:.1f} s)" for n, b in metrics["baseline"].items())
           + (f"; margin {margin:+.4f}" if margin is not None else ""))
 

@@ -123,14 +123,34 @@ def batched_forward(fn: Any, modality: Modality, spec: dict[str, Any], payloads:
     return np.concatenate(outputs).astype(np.float32)
 
 
-def predict_proba(classifier: Classifier, modality: Modality, spec: dict[str, Any], payloads: Sequence[Any], *,
-                  batch_size: int, device: torch.device) -> np.ndarray:
+def softmax(logits: np.ndarray, *, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of `logits / temperature` (float64 inside for the small probabilities), as float32.
+
+    A temperature above 1 softens the probabilities, below 1 sharpens them; the arg-max never moves."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    if z.size == 0:
+        return z.astype(np.float32)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def predict_logits(classifier: Classifier, modality: Modality, spec: dict[str, Any], payloads: Sequence[Any], *,
+                   batch_size: int, device: torch.device) -> np.ndarray:
+    """Raw class logits (float32), int8 models on CPU without autocast."""
     amp = not is_int8(classifier)
     device = device if amp else torch.device("cpu")
     classifier.eval().to(device)
-    logits = batched_forward(classifier, modality, spec, list(payloads), classifier.backbone,
-                             batch_size=batch_size, device=device, amp=amp)
-    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    return batched_forward(classifier, modality, spec, list(payloads), classifier.backbone,
+                           batch_size=batch_size, device=device, amp=amp)
+
+
+def predict_proba(classifier: Classifier, modality: Modality, spec: dict[str, Any], payloads: Sequence[Any], *,
+                  batch_size: int, device: torch.device, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities: softmax(logits / `temperature`). Pass the model's own,
+    `stages.calibration.temperature_of(config)`, for calibrated confidences; 1.0 is the raw softmax."""
+    logits = predict_logits(classifier, modality, spec, payloads, batch_size=batch_size, device=device)
+    return softmax(logits, temperature=temperature)
 
 
 def save_classifier(model_dir: Path, classifier: Classifier, config: dict[str, Any]) -> None:

@@ -1,5 +1,8 @@
 """predict: print predictions of a registered model for a CSV of texts or a folder of images.
 
+One CSV row per input: `label`, `confidence` (calibrated), `rejected` and `prob_<label>`. The registered model
+applies the clean stage's rules first: a row clean would quarantine has no label and `rejected` says why.
+
     python -m stages.predict --model models:/news-classifier@champion texts.csv
     python -m stages.predict --model models:/animals-classifier@champion images/
 """
@@ -56,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise StageError(f"{args.model}: {str(exc).splitlines()[0]}") from None
     column = "image" if "image" in frame.columns else "text"
     predictions = model.predict(frame[[column]])
+    # rejected rows hold nulls (JSON null when served); here they print as empty cells beside their reason
+    numeric = [c for c in predictions.columns if c == "confidence" or c.startswith("prob_")]
+    predictions[numeric] = predictions[numeric].apply(pd.to_numeric)
     keys = frame[["file"]] if "file" in frame.columns else frame[["text"]]
     pd.concat([keys.reset_index(drop=True), predictions.reset_index(drop=True)], axis=1).to_csv(
         sys.stdout, index=False, float_format="%.4f")

@@ -6,6 +6,9 @@ with the git commit and the DVC md5 of its training data, and moves alias `champ
 its test macro-F1 beats the current champion's; otherwise it gets `challenger`.
 Writes `registered.json` with name, version, alias, run id and the decision's reason.
 
+The logged model carries `serving_rules.json` (the task modality's `clean.by_modality` params and
+`serve.min_confidence`): serving screens every input row with clean's rules first (`stages/inference.py`).
+
 With `register.compressed` on, the compress stage's model folder is registered too, as the next version
 of the same registered model with alias `<alias>-compressed` (e.g. `champion-compressed`) and tag
 `variant=compressed`, provided its test macro-F1 is no more than `max_compressed_f1_drop` below the
@@ -17,17 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from stages.common import StageError, build, load_params, run_main, write_json
+from stages.common import StageError, build, load_params, run_main, section, write_json
 
 SERVING_FILE = Path(__file__).with_name("serving.py")
 SERVING_PACKAGES = ("torch", "torchvision", "transformers", "tokenizers", "safetensors", "efficientnet-lite-pytorch",
-                    "pillow", "numpy", "pandas", "mlflow", "scikit-learn", "tqdm", "pyyaml")
+                    "pillow", "numpy", "pandas", "mlflow", "scikit-learn", "tqdm", "pyyaml", "ftfy")
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ def render_card(*, name: str, version: int, task: str, modality: str, labels: li
     for key in ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall", "roc_auc", "log_loss"):
         value = evaluation.get(key)
         lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | n/a |")
+    lines += calibration_lines(evaluation)
     baselines = evaluation.get("baseline", {})
     if baselines:
         lines += ["", "## Against simple baselines (same train rows, same test rows)", "",
@@ -146,6 +151,28 @@ def render_card(*, name: str, version: int, task: str, modality: str, labels: li
     if weakest:
         lines.append(f"- Weakest class: `{weakest[0]}` (test F1 {weakest[1]['f1-score']:.4f}).")
     return "\n".join(lines) + "\n"
+
+
+def calibration_lines(evaluation: dict[str, Any]) -> list[str]:
+    """The card's calibration section: the temperature and the test ECE with and without it."""
+    if "ece" not in evaluation:
+        return []
+    return ["", "## Calibration", "",
+            f"- Confidences are calibrated by temperature scaling, fitted on the validation rows: softmax(logits / T), "
+            f"T = {evaluation['temperature']:.4f} (the arg-max, so accuracy, is unchanged).",
+            f"- Test expected calibration error (15 equal-width bins): {evaluation['ece']:.4f} calibrated, "
+            f"{evaluation['ece_uncalibrated']:.4f} uncalibrated.",
+            "- Serving applies the clean stage's rules first: a row clean would quarantine gets no label, "
+            "`rejected` names the reason."]
+
+
+def compressed_calibration(compress_metrics: dict[str, Any]) -> str:
+    """One sentence on the compressed variant's own temperature and test ECE (empty for older metrics)."""
+    small = compress_metrics.get("compressed", {})
+    if "ece" not in small:
+        return ""
+    return (f" Calibrated the same way (temperature scaling on the validation rows): T = {small['temperature']:.4f}, "
+            f"test ECE {small['ece']:.4f} calibrated, {small['ece_uncalibrated']:.4f} uncalibrated.")
 
 
 def compressed_decision(compress_metrics: dict[str, Any], *, enabled: bool, max_drop: float,
@@ -207,10 +234,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from stages import tracking
     from stages.common import atomic_path, read_parquet
-    from stages.modalities import task_modality
+    from stages.inference import RULES_FILE, ServeParams, output_schema, serving_rules, write_rules
+    from stages.modalities import modality_section, task_modality
 
     params = load_params()
     rp = build(RegisterParams, params.get("register"), "register")
+    sp = build(ServeParams, params.get("serve"), "serve")
     summary = json.loads(Path(args.summary).read_text())
     metrics = json.loads(Path(args.eval).read_text())
     if rp.promote_metric not in metrics:
@@ -223,20 +252,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     test = frame[frame["split"] == "test"].sort_values("id", kind="stable")
     example = input_example(modality, test)
 
+    # the rules every served row passes first: the clean params this model's data went through, min_confidence
+    rules = serving_rules(modality=modality.name, min_confidence=sp.min_confidence,
+                          clean=modality_section(section(params, "clean.by_modality"), modality, "clean.by_modality"))
+    modality.clean_params(rules["clean"])  # a typo fails here, not in the server
+
     def log_model(artifact_name: str, model_dir: str) -> Any:
+        from mlflow.models import ModelSignature
+
         from stages.serving import ClassifierModel
 
-        serving = ClassifierModel()
-        serving.load_context(type("Ctx", (), {"artifacts": {"model_dir": model_dir}})())
-        return mlflow.pyfunc.log_model(
-            name=artifact_name,
-            python_model=str(SERVING_FILE),
-            artifacts={"model_dir": model_dir},
-            code_paths=[str(Path(__file__).parent)],
-            signature=infer_signature(example, serving.predict(None, example)),
-            input_example=example,
-            pip_requirements=[f"{p}=={metadata.version(p)}" for p in SERVING_PACKAGES],
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            rules_path = Path(tmp) / RULES_FILE
+            write_rules(rules_path, rules)
+            artifacts = {"model_dir": model_dir, "rules": str(rules_path)}
+            serving = ClassifierModel()
+            serving.load_context(type("Ctx", (), {"artifacts": artifacts})())
+            labels = serving.config["labels"]
+            serving.predict(None, example)  # fails here, not in the server
+            return mlflow.pyfunc.log_model(
+                name=artifact_name,
+                python_model=str(SERVING_FILE),
+                artifacts=artifacts,
+                code_paths=[str(Path(__file__).parent)],
+                signature=ModelSignature(inputs=infer_signature(example).inputs, outputs=output_schema(labels)),
+                input_example=example,
+                pip_requirements=[f"{p}=={metadata.version(p)}" for p in SERVING_PACKAGES],
+            )
 
     compress_metrics = json.loads(Path(args.compress_metrics).read_text())
     with tracking.resume(params, summary["run_id"]) as run:
@@ -286,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             client.update_model_version(name, small.version, description=(
                 f"Compressed variant of v{version.version} (L1 pruning at sparsity {compress_metrics['sparsity']:g}"
                 f"{', int8 dynamic quantisation' if compress_metrics['quantize'] else ''}; CPU inference): "
-                f"{small_reason}.\n\n{card}"))
+                f"{small_reason}.{compressed_calibration(compress_metrics)}\n\n{card}"))
             compressed.update(version=int(small.version), alias=small_alias, model_uri=f"models:/{name}/{small.version}",
                               **{rp.promote_metric: small_metric})
 

@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from stages.calibration import calibrate
 from stages.common import (
     StageError,
     atomic_path,
@@ -367,6 +368,12 @@ class HeadStrategy:
     def checkpoint(self, model: Classifier) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
 
+    def val_logits(self, model: Classifier) -> tuple[np.ndarray, np.ndarray]:
+        """`model`'s logits on the val rows (from their cached features) and their labels: what calibration fits."""
+        model.head.eval()
+        with torch.inference_mode(), autocast(self.device):
+            return model.head(self.x_val).float().cpu().numpy(), self.y_val
+
     def restore(self, state: dict[str, torch.Tensor], hp: dict[str, Any]) -> Classifier:
         head = make_head(self.x_train.shape[1], self.n_classes, hidden=hp["head_hidden"], dropout=hp["dropout"])
         head.load_state_dict(state)
@@ -476,6 +483,12 @@ class FullStrategy:
 
     def finalise(self, model: Classifier) -> Classifier:
         return model
+
+    def val_logits(self, model: Classifier) -> tuple[np.ndarray, np.ndarray]:
+        """`model`'s logits on the val rows and their labels: what calibration fits."""
+        model.eval()
+        return batched_forward(model, self.modality, self.spec, self.data.val_payloads, model.backbone,
+                               batch_size=self.eval_batch, device=self.device), self.data.val_labels
 
     def checkpoint(self, model: Classifier) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -981,7 +994,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             "strategy": strategy_name(strategy),
             "feature_dim": int(model.backbone.feature_dim),
             "head": {"hidden": int(hp["head_hidden"]), "dropout": float(hp["dropout"])},
+            # temperature scaling on the val rows (stages/calibration.py); a refit has trained on them too
+            "calibration": calibrate(*strategy.val_logits(model), fitted_on=f"val ({tp.final_model})"),
         }
+        mlflow.log_metrics({f"calibration.{k}": v for k, v in config["calibration"].items() if isinstance(v, float)})
         with atomic_path(args.model_dir) as tmp_dir:
             save_classifier(tmp_dir, model, config)
         for path in (study_dir / "checkpoints").glob("trial-*.safetensors"):

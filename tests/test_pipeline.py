@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
+import time
 
 import pytest
 
 from tests.conftest import png_bytes
-from tests.pipeline_utils import copy_repo, dvc, edit_params, run, stages_run, tiny_profile
+from tests.pipeline_utils import REPO, copy_repo, dvc, edit_params, run, stages_run, tiny_profile
+from tests.serving_utils import get, mlflow_serve, post, split_frame
 
 pytestmark = pytest.mark.slow
 
@@ -51,10 +54,18 @@ def test_repro_builds_and_registers_both_tasks(built):
         assert 0.0 <= evaluation["baseline"][baseline]["macro_f1"] <= 1.0
         assert evaluation["margin_macro_f1"] == evaluation["macro_f1"] - evaluation["baseline"][baseline]["macro_f1"]
         assert (repo / "plots" / task / "confusion_matrix.png").stat().st_size > 1000
+        assert (repo / "plots" / task / "reliability.png").stat().st_size > 1000
+        assert 0.0 <= evaluation["ece"] <= 1.0 and 0.0 <= evaluation["ece_uncalibrated"] <= 1.0
+        config = json.loads((repo / "models" / task / "model" / "classifier.json").read_text())
+        assert evaluation["temperature"] == config["calibration"]["temperature"] > 0
+        small = json.loads((repo / "models" / task / "compressed" / "classifier.json").read_text())
+        assert small["calibration"]["fitted_on"] == "val" and small["calibration"]["temperature"] > 0
+        assert json.loads((repo / "metrics" / task / "compress.json").read_text())["compressed"]["ece"] >= 0.0
         assert (repo / "plots" / task / "vs_baseline.csv").read_text().startswith("model,macro_f1,accuracy\nmodel,")
         card = (repo / "models" / task / "model_card.md").read_text()
         assert f"# Model card: {task}-classifier v1" in card and registered["data_md5"] in card
         assert f"| baseline `{baseline}` |" in card
+        assert f"{evaluation['ece']:.4f} calibrated, {evaluation['ece_uncalibrated']:.4f} uncalibrated" in card
         train = json.loads((repo / "metrics" / task / "train.json").read_text())
         assert train["n_trials"] == 3 and train["n_complete"] >= 1
         assert set(train["leaderboard"]) <= {"head", "probe", "hybrid", "scratch"}
@@ -130,6 +141,60 @@ def test_predict_cli_prints_predictions(built, tmp_path):
     result = run([sys.executable, "-m", "stages.predict", "--model", "models:/animals-classifier@champion",
                   str(folder)], repo)
     assert len(result.stdout.strip().splitlines()) == 4
+
+
+def test_behaviour_tests_pass_on_the_champions(built):
+    """tests/model/ (invariance, minimum functionality, clean's rules) against the tiny profile's champions."""
+    repo, _ = built
+    result = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "tests" / "model"),
+                  "--tracking-uri", f"sqlite:///{repo / 'mlflow.db'}", *[a for t in TASKS for a in ("--task", t)]],
+                 repo, check=False)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+def test_mlflow_serves_the_champion_on_loopback(built):
+    """`mlflow models serve` on 127.0.0.1 against the pipeline's registry, over real HTTP."""
+    repo, _ = built
+    with mlflow_serve(repo, "models:/spam-classifier@champion") as url:
+        assert get(url + "/ping")[0] == 200
+        status, body = post(url + "/invocations", split_frame("text", ["WINNER!! claim your free prize now",
+                                                                       "see you at lunch tomorrow?"]))
+        assert status == 200, body
+        rows = json.loads(body)["predictions"]
+        assert [r["label"] in ("ham", "spam") for r in rows] == [True, True]
+        assert all(r["rejected"] is None and 0.5 <= r["confidence"] <= 1.0 for r in rows)
+
+        # a row clean would quarantine comes back rejected with clean's reason; the others are predicted
+        status, body = post(url + "/invocations", split_frame("text", ["call now to claim", "", "ab", "ok thanks"]))
+        rows = json.loads(body)["predictions"]
+        assert status == 200 and [r["rejected"] for r in rows] == [None, "empty", "too_short", None], rows
+        assert [r["label"] is None for r in rows] == [False, True, True, False]
+        assert rows[1]["confidence"] is None and rows[1]["prob_spam"] is None  # JSON null, never NaN
+
+        # malformed payloads: HTTP 400, one line of JSON naming the problem, no stack trace (MLflow's own
+        # messages: they may quote the input)
+        for bad, says in ((b"{not json", "valid JSON"),
+                          (json.dumps({"dataframe_split": {"columns": ["txt"], "data": [["x"]]}}).encode(),
+                           "missing inputs ['text']"),
+                          (json.dumps({"rows": [1, 2]}).encode(), "exactly one of the input fields")):
+            status, body = post(url + "/invocations", bad)
+            assert status == 400 and len(body.splitlines()) == 1, (bad, status, body[:300])
+            error = json.loads(body)
+            assert says in error["message"] and "stack_trace" not in error and "Traceback" not in error["message"]
+
+        # a 10 MB body: answered, the text rejected by clean's length bound, not tokenised
+        started = time.monotonic()
+        status, body = post(url + "/invocations", split_frame("text", ["word " * 2_000_000, "a normal message"]))
+        rows = json.loads(body)["predictions"]
+        assert status == 200 and rows[0]["rejected"] == "too_long" and rows[1]["rejected"] is None, rows
+        assert time.monotonic() - started < 60
+
+    with mlflow_serve(repo, "models:/animals-classifier@champion") as url:  # images: base64 bytes in JSON
+        images = [base64.b64encode(png_bytes()).decode(), base64.b64encode(b"not an image").decode()]
+        status, body = post(url + "/invocations", split_frame("image", images))
+        rows = json.loads(body)["predictions"]
+        assert status == 200 and rows[0]["rejected"] is None and rows[1]["rejected"] == "not_an_image", rows
 
 
 def test_second_repro_is_a_no_op(built):

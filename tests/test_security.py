@@ -77,13 +77,14 @@ def test_mlflow_ui_and_server_bind_to_loopback_only():
     for name in ("Makefile", "README.md"):
         text = (REPO / name).read_text()
         assert "0.0.0.0" not in text, name
-        commands = [line for line in text.splitlines() if re.search(r"\bmlflow (ui|server)\b", line)]
+        commands = [line for line in text.splitlines() if re.search(r"\bmlflow (ui|server|models serve)\b", line)]
         for i, line in enumerate(text.splitlines()):
-            if re.search(r"\bmlflow (ui|server)\b", line) and not line.lstrip().startswith(("#", "-", "|")):
+            if re.search(r"\bmlflow (ui|server|models serve)\b", line) and not line.lstrip().startswith(("#", "-", "|")):
                 block = " ".join(text.splitlines()[i:i + 3])
                 assert "--host 127.0.0.1" in block, f"{name}: {line.strip()}"
         if name == "Makefile":
             assert commands, "Makefile has no mlflow ui target"
+            assert any("models serve" in c for c in commands), "Makefile has no serve target"
 
 
 CREDENTIAL_KEYS = re.compile(r"(secret|password|passwd|token|access_key|credential|api_key)", re.I)

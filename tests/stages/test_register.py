@@ -123,3 +123,14 @@ def test_compressed_variant_must_beat_the_baseline_too():
     assert not ok and "does not beat baseline tfidf_svm 0.9500" in reason
     ok, _ = compressed_decision(COMPRESS, enabled=True, max_drop=0.05, baseline=("tfidf_svm", 0.90))
     assert ok
+
+
+def test_model_card_and_compressed_description_state_both_eces():
+    from stages.register import calibration_lines, compressed_calibration
+
+    lines = "\n".join(calibration_lines({"temperature": 1.8, "ece": 0.012, "ece_uncalibrated": 0.042}))
+    assert "T = 1.8000" in lines and "0.0120 calibrated, 0.0420 uncalibrated" in lines and "15 equal-width" in lines
+    assert calibration_lines({"accuracy": 0.9}) == []  # an eval.json from before calibration: no section
+    small = compressed_calibration({"compressed": {"temperature": 1.7, "ece": 0.015, "ece_uncalibrated": 0.05}})
+    assert "T = 1.7000" in small and "0.0150 calibrated, 0.0500 uncalibrated" in small
+    assert compressed_calibration({"compressed": {}}) == ""
