@@ -1,9 +1,8 @@
 """A small web site on 127.0.0.1 for the web source's tests: good pages, a robots.txt, and every kind of trouble.
 
-`Site` serves from a thread of the test process; `python -m tests.web_site PORTFILE` serves the same site from
-a process of its own (for `dvc repro` runs), writing its port to PORTFILE. Every request is logged with its
-path, its conditional headers and the time it arrived, so tests can assert the rate limit and that a rerun
-sent conditional requests only.
+`Site` serves from threads of the test process (a `dvc repro` it runs fetches from there too). Every request is
+logged with its path, its conditional headers and the time it arrived, so tests can assert the rate limit and
+that a rerun sent conditional requests only.
 """
 
 from __future__ import annotations
@@ -11,13 +10,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
-import json
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 TOPICS = {
     "sport": ("The striker scored twice as the home team won the league match before a crowd of forty thousand "
@@ -36,12 +32,27 @@ def article(title: str, body: str, *, links: list[str] = ()) -> str:
             "<footer>Copyright the site</footer></body></html>")
 
 
+VOCABULARY = {
+    "sport": ("striker goal league match coach defence goalkeeper penalty season team players referee stadium "
+              "championship final tournament midfielder captain injury transfer fans victory draw cup").split(),
+    "tech": ("processor software chip laptop encryption cloud network developers startup smartphone update "
+             "server browser algorithm data privacy battery screen robot internet app platform").split(),
+}
+FILLER = "the a and with after before during while new first last week year said reported".split()
+
+
 def good_pages(per_topic: int) -> dict[str, tuple[str, str]]:
-    """path -> (label, html) for `per_topic` distinct articles per topic."""
+    """path -> (label, html): `per_topic` articles per topic, each drawn from the topic's words (seeded), so no
+    two are near duplicates for clean's MinHash."""
+    import random
+
     pages = {}
     for label, text in TOPICS.items():
+        rng = random.Random(label)
         for i in range(per_topic):
-            pages[f"/{label}/{i}.html"] = (label, article(f"{label} story {i}", f"Story {i}. {text} Item {i * 7 + 3}."))
+            sentences = [" ".join(rng.choice(VOCABULARY[label] + FILLER) for _ in range(14)).capitalize() + "."
+                         for _ in range(6)]
+            pages[f"/{label}/{i}.html"] = (label, article(f"{label} story {i}", f"Story {i}. {text} " + " ".join(sentences)))
     return pages
 
 
@@ -207,29 +218,3 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def main(argv: list[str]) -> None:
-    """Serve the site until killed; write its port to argv[0], and the request log to argv[1] on each request."""
-    port_file, log_file = Path(argv[0]), Path(argv[1])
-    per_topic = int(argv[2]) if len(argv) > 2 else 3
-    site = Site(per_topic=per_topic)
-    respond = site.respond
-
-    def logged(h) -> None:
-        respond(h)
-        with site.lock:
-            log_file.write_text(json.dumps([e.__dict__ for e in site.log]))
-
-    site.respond = logged
-    site.start()
-    port_file.write_text(str(site.server.server_address[1]))
-    if len(argv) > 3:  # a revision file: its number changes /sport/0.html
-        revision_file = Path(argv[3])
-        while True:
-            time.sleep(0.1)
-            if revision_file.exists():
-                site.revision = int(revision_file.read_text() or 0)
-    site.thread.join()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
