@@ -32,6 +32,14 @@ class Modality:
         """Return `(normalised_payload, None)` to keep a row, or `(None, reason)` to quarantine it."""
         raise NotImplementedError
 
+    def personal_data(self, payload: Any, params: Any) -> tuple[Any, dict[str, int], str | None]:
+        """Personal data in a normalised payload: `(payload, count per kind, reason)`.
+
+        The payload comes back with what was found redacted (unchanged where nothing was found or detection is
+        off); `reason` is None to keep the row, or a quarantine reason. A modality without a detector finds none.
+        """
+        return payload, {}, None
+
     def content_hash(self, payload: Any) -> str:
         """Hash of a normalised payload; equal hashes are exact duplicates."""
         raise NotImplementedError

@@ -17,6 +17,7 @@ from typing import Any
 from stages.common import build
 from stages.modalities import register
 from stages.modalities.base import Modality
+from stages.modalities.pii import PiiParams
 
 _WHITESPACE = re.compile(r"\s+")
 # Cc (controls) and Cf (format chars such as zero-width spaces) carry no meaning for a classifier;
@@ -50,6 +51,7 @@ class TextCleanParams:
     max_control_fraction: float      # any NUL, or more other control characters than this: binary_content
     max_replacement_fraction: float  # more U+FFFD than this after repair: undecodable
     near_duplicates: TextNearDupParams
+    pii: PiiParams                   # personal data: redact | quarantine | off (stages/modalities/pii.py)
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,24 @@ class Text(Modality):
         return decode_text(raw)
 
     def clean_params(self, values: dict[str, Any]) -> TextCleanParams:
-        return build(TextCleanParams, values, "clean.by_modality.text")
+        from stages.modalities.pii import check_params
+
+        params = build(TextCleanParams, values, "clean.by_modality.text")
+        check_params(params.pii, "clean.by_modality.text.pii")
+        return params
+
+    def personal_data(self, payload: str, params: TextCleanParams) -> tuple[str | None, dict[str, int], str | None]:
+        from stages.modalities.pii import find, redact
+
+        if params.pii.action == "off":
+            return payload, {}, None
+        spans = find(payload, params.pii)
+        counts: dict[str, int] = {}
+        for span in spans:
+            counts[span.kind] = counts.get(span.kind, 0) + 1
+        if spans and params.pii.action == "quarantine":
+            return redact(payload, spans), counts, "personal_data"
+        return redact(payload, spans), counts, None
 
     def normalise(self, payload: Any, params: TextCleanParams) -> tuple[str | None, str | None]:
         if not isinstance(payload, str):
