@@ -39,7 +39,8 @@ _EMAIL = re.compile(r"(?<![\w.+%-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@(?:[A-Za-z0
                     r"[A-Za-z]{2,24}(?![\w-])")
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
-_VERSION_BEFORE = re.compile(r"(?:\bv|version|release|build|ver\.?|firmware|update)\s*$", re.IGNORECASE)
+_VERSION_BEFORE = re.compile(r"\b(?:v|version|release|build|ver\.?|firmware|update)\s*$", re.IGNORECASE)
+_DATE = re.compile(r"\d{1,4}[./-]\d{1,2}[./-]\d{1,4}")
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _DIGIT_RUNS = re.compile(r"\d+")
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
@@ -120,11 +121,16 @@ def _phone(text: str, params: PiiParams) -> Iterator[tuple[int, int]]:
 
     if not any(ch.isdigit() for ch in text):
         return
+    codes = [m.span() for m in _IBAN.finditer(text)]  # account-like codes, valid or not, are not phone numbers
     for region in params.phone_regions:
         for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
-            # a run of one- and two-digit groups is a score or a list ("7-6 (7-5) 4-6 6-3"), not a phone
-            if max(map(len, _DIGIT_RUNS.findall(match.raw_string)), default=0) >= 3:
-                yield match.start, match.end
+            raw = match.raw_string
+            if (max(map(len, _DIGIT_RUNS.findall(raw)), default=0) < 3  # a score or list: "7-6 (7-5) 4-6 6-3"
+                    or raw.count(".") > 2 or _DATE.fullmatch(raw.strip())  # "7.0.44653.958", "13.10.2024"
+                    or _VERSION_BEFORE.search(text[max(0, match.start - 12):match.start])
+                    or any(match.start < e and s < match.end for s, e in codes)):
+                continue
+            yield match.start, match.end
 
 
 # kind -> fn(text, params) yielding (start, end); earlier kinds win where spans overlap (a card's digits are not
