@@ -56,8 +56,12 @@ class Modality:
     def augment_params(self, values: dict[str, Any]) -> Any:
         raise NotImplementedError
 
-    def augment(self, payloads: Sequence[Any], params: Any, *, seed: int) -> list[Any]:
-        """One augmented copy per payload, deterministic for a given seed and order."""
+    def augment(self, payloads: Sequence[Any], params: Any, *, seed: int,
+                protected: frozenset[str] = frozenset()) -> list[Any]:
+        """One augmented copy per payload, deterministic for a given seed and order.
+
+        `protected`: words an augmenter must neither replace nor introduce (the task's label-rule keywords).
+        """
         raise NotImplementedError
 
     # ---- model

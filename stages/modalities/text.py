@@ -18,6 +18,7 @@ from stages.common import build
 from stages.modalities import register
 from stages.modalities.base import Modality
 from stages.modalities.pii import PiiParams
+from stages.modalities.text_augment import AUGMENTERS, BacktranslateParams, swap_delete  # noqa: F401 (re-exported)
 
 _WHITESPACE = re.compile(r"\s+")
 # Cc (controls) and Cf (format chars such as zero-width spaces) carry no meaning for a classifier;
@@ -56,8 +57,11 @@ class TextCleanParams:
 
 @dataclass(frozen=True)
 class TextAugmentParams:
+    augmenters: list[str]            # applied in order to each copy (stages/modalities/text_augment.py)
     swap_prob: float
     delete_prob: float
+    synonym_prob: float              # share of replaceable content words given a WordNet synonym
+    backtranslate: BacktranslateParams
 
 
 def decode_text(raw: bytes) -> tuple[str, str]:
@@ -95,17 +99,6 @@ def repair_encoding(text: str) -> str:
     import ftfy
 
     return ftfy.fix_encoding(text)
-
-
-def swap_delete(text: str, rng: random.Random, *, swap_prob: float, delete_prob: float) -> str:
-    """Randomly delete words, then swap word pairs; never returns an empty string."""
-    words = text.split(" ")
-    kept = [w for w in words if rng.random() >= delete_prob] or [rng.choice(words)]
-    n_swaps = int(round(swap_prob * len(kept)))
-    for _ in range(n_swaps if len(kept) > 1 else 0):
-        i, j = rng.randrange(len(kept)), rng.randrange(len(kept))
-        kept[i], kept[j] = kept[j], kept[i]
-    return " ".join(kept)
 
 
 @register("text")
@@ -175,11 +168,19 @@ class Text(Modality):
                                     threshold=nd.threshold, seed=nd.seed)
 
     def augment_params(self, values: dict[str, Any]) -> TextAugmentParams:
-        return build(TextAugmentParams, values, "augment.by_modality.text")
+        from stages.modalities.text_augment import check
 
-    def augment(self, payloads: Sequence[str], params: TextAugmentParams, *, seed: int) -> list[str]:
+        params = build(TextAugmentParams, values, "augment.by_modality.text")
+        check(params, "augment.by_modality.text")
+        return params
+
+    def augment(self, payloads: Sequence[str], params: TextAugmentParams, *, seed: int,
+                protected: frozenset[str] = frozenset()) -> list[str]:
         rng = random.Random(seed)
-        return [swap_delete(p, rng, swap_prob=params.swap_prob, delete_prob=params.delete_prob) for p in payloads]
+        texts = list(payloads)
+        for name in params.augmenters:
+            texts = AUGMENTERS[name](texts, params, rng, protected)
+        return texts
 
     # ---- model
     def backbone_names(self) -> list[str]:
