@@ -254,3 +254,11 @@ def test_fetcher_needs_no_network_for_refused_urls(tmp_path):
     fetcher = Fetcher(web_params(), FetchCache(tmp_path))
     page = fetcher.fetch("file:///etc/passwd")
     assert page.reason == "scheme_not_allowed" and fetcher.stats.requests == 0
+
+
+def test_cross_host_redirect_when_allowed_checks_the_target(site, tmp_path):
+    # allowed, the redirect goes to the other port: nothing listens there, so its robots.txt cannot be read
+    collected = collect(tmp_path, [site.base + "/offsite"], params=web_params(cross_host_redirects=True, retries=0))
+    [quarantined] = collected.quarantined
+    assert quarantined["quarantine_reason"] == "robots_unavailable"
+    assert f"127.0.0.1:{site.other_port}/robots.txt: connection_error" in quarantined["detail"]
