@@ -141,7 +141,7 @@ class Site:
         if path == "/error":
             return self.send(h, 500, b"oops", "text/plain")
         if path == "/slow":
-            time.sleep(1.5)
+            time.sleep(3.0)  # past the tests' timeout_s of 1 s
             return self.send(h, 200, article("slow", TOPICS["sport"]).encode(), "text/html")
         if path in ("/loop-a", "/loop-b"):
             return self.send(h, 302, b"", "text/plain", {"Location": "/loop-b" if path == "/loop-a" else "/loop-a"})

@@ -21,7 +21,7 @@ UA = "finetune-dataops-tests/1.0 (+loopback only)"
 
 
 def web_params(**override) -> WebParams:
-    values = dict(user_agent=UA, timeout_s=0.5, retries=2, backoff_s=0.05, max_retry_after_s=5.0, max_redirects=3,
+    values = dict(user_agent=UA, timeout_s=1.0, retries=2, backoff_s=0.05, max_retry_after_s=5.0, max_redirects=3,
                   cross_host_redirects=False, max_bytes=200_000, content_types=["text/html", "application/xhtml+xml"],
                   rate_per_host=200.0, concurrency_per_host=4, concurrency=8)
     values.update(override)
@@ -120,7 +120,8 @@ def test_rate_limit_per_host(site, tmp_path):
     times = sorted(entry.at for entry in site.log)
     assert len(times) == 5  # robots.txt and four pages
     gaps = [b - a for a, b in zip(times, times[1:])]
-    assert min(gaps) >= 0.09, gaps
+    # request starts are 0.1 s apart at the client; arrival adds a little jitter either way, never 0.1 s of it
+    assert min(gaps) >= 0.07 and times[-1] - times[0] >= 0.38, gaps
 
 
 def test_rerun_sends_only_conditional_requests_and_a_changed_page_changes_the_row(site, tmp_path):
