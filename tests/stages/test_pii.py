@@ -56,9 +56,8 @@ def test_checksums():
 
 
 def text_params(**pii):
-    return TEXT.clean_params({**TEXT_VALUES, "max_chars": 1000, "pii": {"action": "redact", "kinds": ["email", "phone", "ip", "card",
-                                                                                  "iban"],
-                                                     "phone_regions": ["GB"], **pii}})
+    values = {"action": "redact", "kinds": ["email", "phone", "ip", "card", "iban"], "phone_regions": ["GB"], **pii}
+    return TEXT.clean_params({**TEXT_VALUES, "max_chars": 1000, "pii": values})
 
 
 def rows(*texts):

@@ -84,7 +84,8 @@ def test_synonyms_replace_content_words_only():
 
 
 def test_synonyms_never_touch_or_introduce_label_keywords():
-    protected = protected_words([{"name": "prize_words", "label": "spam", "keywords": ["prize", "winner", "free entry"]},
+    protected = protected_words([{"name": "prize_words", "label": "spam",
+                                  "keywords": ["prize", "winner", "free entry"]},
                                  {"name": "shortcode", "label": "spam", "regex": r"\btxt\b"},
                                  {"name": "films", "label": "ent", "keywords": ["film"]}])
     assert protected == {"prize", "winner", "free", "entry", "film"}

@@ -13,7 +13,8 @@ import pytest
 from stages.acquire import SOURCES, AcquireSettings, SourceEnv, acquire, quarantine_frame
 from stages.common import StageError
 from stages.modalities import get_modality
-from stages.web import FetchCache, Fetcher, FetchError, WebParams, decode_content, decode_html, retry_after_s, url_problem
+from stages.web import FetchCache, Fetcher, FetchError, WebParams, decode_content, decode_html, retry_after_s, \
+    url_problem
 from tests.web_site import Site, free_port
 
 TEXT = get_modality("text")
