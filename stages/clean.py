@@ -61,6 +61,10 @@ def clean(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, exac
     reasons: list[str | None] = [None] * len(frame)
     duplicate_of: list[str | None] = [None] * len(frame)
     normalised: list[Any] = [None] * len(frame)
+    # personal data is found (and redacted) before hashing, so a redacted copy of a kept row is its exact duplicate
+    personal: dict[str, int] = {}
+    rows_with_personal = 0
+    redacted: dict[int, Any] = {}  # personal_data rows are quarantined redacted: raw personal data stays in raw
 
     seen_ids: set[str] = set()
     for i, (row_id, payload) in enumerate(zip(frame["id"], frame[column])):
@@ -69,6 +73,16 @@ def clean(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, exac
             continue
         seen_ids.add(row_id)
         normalised[i], reasons[i] = modality.normalise(payload, modality_params)
+        if reasons[i] is None:
+            scrubbed, found, reasons[i] = modality.personal_data(normalised[i], modality_params)
+            if found:
+                rows_with_personal += 1
+                for kind, n in found.items():
+                    personal[kind] = personal.get(kind, 0) + n
+            if reasons[i] is None:
+                normalised[i] = scrubbed
+            else:
+                normalised[i], redacted[i] = None, scrubbed
 
     hashes = [modality.content_hash(p) if r is None else None for p, r in zip(normalised, reasons)]
     clusters = 0
@@ -111,6 +125,8 @@ def clean(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, exac
     kept["near_duplicate_of"] = pd.Series([n for n, d in zip(near_of, dropped) if not d], index=kept.index,
                                           dtype="str")
     quarantine = frame[~keep_mask].copy()
+    for i, scrubbed in redacted.items():
+        quarantine.at[i, column] = scrubbed
     quarantine["quarantine_reason"] = [r for r in reasons if r is not None]
     quarantine["duplicate_of"] = pd.Series([d for d, r in zip(duplicate_of, reasons) if r is not None],
                                            index=quarantine.index, dtype="str")
@@ -123,6 +139,8 @@ def clean(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, exac
         "rows_kept": len(kept),
         "rows_quarantined": len(quarantine),
         "quarantined_by_reason": quarantine_counts(quarantine),
+        # personal data found, per kind (placeholders <EMAIL>, <PHONE>, ... in kept rows), and rows holding any
+        "personal_data": {"rows": rows_with_personal, "by_kind": dict(sorted(personal.items()))},
         "exact_duplicate_clusters": clusters,
         "exact_duplicate_clusters_with_conflicting_labels": conflicting,
         **near,

@@ -32,6 +32,14 @@ class Modality:
         """Return `(normalised_payload, None)` to keep a row, or `(None, reason)` to quarantine it."""
         raise NotImplementedError
 
+    def personal_data(self, payload: Any, params: Any) -> tuple[Any, dict[str, int], str | None]:
+        """Personal data in a normalised payload: `(payload, count per kind, reason)`.
+
+        The payload comes back with what was found redacted (unchanged where nothing was found or detection is
+        off); `reason` is None to keep the row, or a quarantine reason. A modality without a detector finds none.
+        """
+        return payload, {}, None
+
     def content_hash(self, payload: Any) -> str:
         """Hash of a normalised payload; equal hashes are exact duplicates."""
         raise NotImplementedError
@@ -48,8 +56,12 @@ class Modality:
     def augment_params(self, values: dict[str, Any]) -> Any:
         raise NotImplementedError
 
-    def augment(self, payloads: Sequence[Any], params: Any, *, seed: int) -> list[Any]:
-        """One augmented copy per payload, deterministic for a given seed and order."""
+    def augment(self, payloads: Sequence[Any], params: Any, *, seed: int,
+                protected: frozenset[str] = frozenset()) -> list[Any]:
+        """One augmented copy per payload, deterministic for a given seed and order.
+
+        `protected`: words an augmenter must neither replace nor introduce (the task's label-rule keywords).
+        """
         raise NotImplementedError
 
     # ---- model

@@ -151,7 +151,8 @@ class ImageModality(Modality):
     def augment_params(self, values: dict[str, Any]) -> ImageAugmentParams:
         return build(ImageAugmentParams, values, "augment.by_modality.image")
 
-    def augment(self, payloads: Sequence[bytes], params: ImageAugmentParams, *, seed: int) -> list[bytes]:
+    def augment(self, payloads: Sequence[bytes], params: ImageAugmentParams, *, seed: int,
+                protected: frozenset[str] = frozenset()) -> list[bytes]:
         import torch
         from PIL import Image
         from torchvision.transforms import v2

@@ -17,6 +17,8 @@ from typing import Any
 from stages.common import build
 from stages.modalities import register
 from stages.modalities.base import Modality
+from stages.modalities.pii import PiiParams
+from stages.modalities.text_augment import AUGMENTERS, BacktranslateParams, swap_delete  # noqa: F401 (re-exported)
 
 _WHITESPACE = re.compile(r"\s+")
 # Cc (controls) and Cf (format chars such as zero-width spaces) carry no meaning for a classifier;
@@ -50,12 +52,16 @@ class TextCleanParams:
     max_control_fraction: float      # any NUL, or more other control characters than this: binary_content
     max_replacement_fraction: float  # more U+FFFD than this after repair: undecodable
     near_duplicates: TextNearDupParams
+    pii: PiiParams                   # personal data: redact | quarantine | off (stages/modalities/pii.py)
 
 
 @dataclass(frozen=True)
 class TextAugmentParams:
+    augmenters: list[str]            # applied in order to each copy (stages/modalities/text_augment.py)
     swap_prob: float
     delete_prob: float
+    synonym_prob: float              # share of replaceable content words given a WordNet synonym
+    backtranslate: BacktranslateParams
 
 
 def decode_text(raw: bytes) -> tuple[str, str]:
@@ -95,17 +101,6 @@ def repair_encoding(text: str) -> str:
     return ftfy.fix_encoding(text)
 
 
-def swap_delete(text: str, rng: random.Random, *, swap_prob: float, delete_prob: float) -> str:
-    """Randomly delete words, then swap word pairs; never returns an empty string."""
-    words = text.split(" ")
-    kept = [w for w in words if rng.random() >= delete_prob] or [rng.choice(words)]
-    n_swaps = int(round(swap_prob * len(kept)))
-    for _ in range(n_swaps if len(kept) > 1 else 0):
-        i, j = rng.randrange(len(kept)), rng.randrange(len(kept))
-        kept[i], kept[j] = kept[j], kept[i]
-    return " ".join(kept)
-
-
 @register("text")
 class Text(Modality):
     payload_column = "text"
@@ -115,7 +110,24 @@ class Text(Modality):
         return decode_text(raw)
 
     def clean_params(self, values: dict[str, Any]) -> TextCleanParams:
-        return build(TextCleanParams, values, "clean.by_modality.text")
+        from stages.modalities.pii import check_params
+
+        params = build(TextCleanParams, values, "clean.by_modality.text")
+        check_params(params.pii, "clean.by_modality.text.pii")
+        return params
+
+    def personal_data(self, payload: str, params: TextCleanParams) -> tuple[str | None, dict[str, int], str | None]:
+        from stages.modalities.pii import find, redact
+
+        if params.pii.action == "off":
+            return payload, {}, None
+        spans = find(payload, params.pii)
+        counts: dict[str, int] = {}
+        for span in spans:
+            counts[span.kind] = counts.get(span.kind, 0) + 1
+        if spans and params.pii.action == "quarantine":
+            return redact(payload, spans), counts, "personal_data"
+        return redact(payload, spans), counts, None
 
     def normalise(self, payload: Any, params: TextCleanParams) -> tuple[str | None, str | None]:
         if not isinstance(payload, str):
@@ -156,11 +168,19 @@ class Text(Modality):
                                     threshold=nd.threshold, seed=nd.seed)
 
     def augment_params(self, values: dict[str, Any]) -> TextAugmentParams:
-        return build(TextAugmentParams, values, "augment.by_modality.text")
+        from stages.modalities.text_augment import check
 
-    def augment(self, payloads: Sequence[str], params: TextAugmentParams, *, seed: int) -> list[str]:
+        params = build(TextAugmentParams, values, "augment.by_modality.text")
+        check(params, "augment.by_modality.text")
+        return params
+
+    def augment(self, payloads: Sequence[str], params: TextAugmentParams, *, seed: int,
+                protected: frozenset[str] = frozenset()) -> list[str]:
         rng = random.Random(seed)
-        return [swap_delete(p, rng, swap_prob=params.swap_prob, delete_prob=params.delete_prob) for p in payloads]
+        texts = list(payloads)
+        for name in params.augmenters:
+            texts = AUGMENTERS[name](texts, params, rng, protected)
+        return texts
 
     # ---- model
     def backbone_names(self) -> list[str]:

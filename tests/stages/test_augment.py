@@ -10,11 +10,12 @@ import pytest
 from stages.augment import augment, copies_for
 from stages.common import StageError, content_id
 from stages.modalities import get_modality
+from tests.stages.test_text_augment import TEXT_AUGMENT
 
 TEXT = get_modality("text")
 IMAGE = get_modality("image")
 # high probabilities so that two seeds almost surely differ on a ten-word sentence
-TEXT_PARAMS = TEXT.augment_params({"swap_prob": 0.5, "delete_prob": 0.2})
+TEXT_PARAMS = TEXT.augment_params({**TEXT_AUGMENT, "swap_prob": 0.5, "delete_prob": 0.2})
 IMAGE_PARAMS = IMAGE.augment_params(
     {"degrees": 30, "translate": 0.2, "scale_min": 0.8, "scale_max": 1.2, "hflip_prob": 0.5}
 )

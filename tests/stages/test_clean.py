@@ -14,7 +14,8 @@ TEXT = get_modality("text")
 IMAGE = get_modality("image")
 TEXT_NEAR = {"ngram": 5, "num_perm": 64, "bands": 16, "threshold": 0.7, "seed": 1}
 TEXT_VALUES = {"min_chars": 3, "max_chars": 40, "fix_encoding": True, "strip_markup": True,
-               "max_control_fraction": 0.05, "max_replacement_fraction": 0.01, "near_duplicates": TEXT_NEAR}
+               "max_control_fraction": 0.05, "max_replacement_fraction": 0.01, "near_duplicates": TEXT_NEAR,
+               "pii": {"action": "redact", "kinds": ["email", "phone", "ip", "card", "iban"], "phone_regions": ["GB"]}}
 TEXT_PARAMS = TEXT.clean_params(TEXT_VALUES)
 FORMATS = ["PNG", "JPEG", "BMP", "GIF", "TIFF"]
 

@@ -15,6 +15,7 @@ from stages.modalities import MODALITIES, Modality, get_modality, register, task
 from stages.modalities.image import decode_image
 from stages.modalities.text import decode_text, normalise_text, swap_delete
 from tests.stages.test_clean import TEXT_VALUES, image_values
+from tests.stages.test_text_augment import TEXT_AUGMENT
 
 TEXT = get_modality("text")
 IMAGE = get_modality("image")
@@ -146,7 +147,7 @@ def test_swap_without_delete_permutes_words():
 
 
 def test_text_augment_is_seeded():
-    params = TEXT.augment_params({"swap_prob": 0.5, "delete_prob": 0.3})
+    params = TEXT.augment_params({**TEXT_AUGMENT, "swap_prob": 0.5, "delete_prob": 0.3})
     payloads = [f"sentence number {i} has quite a few words in it" for i in range(5)]
     first = TEXT.augment(payloads, params, seed=1)
     assert len(first) == len(payloads)
