@@ -4,7 +4,9 @@ A served model carries the clean parameters it was trained under (`serving_rules
 Each input row is normalised and validated exactly as clean does it (`Modality.normalise`: NFKC, markup,
 mojibake and length bounds for text; format whitelist, decompression-bomb cap, size bounds, mode and size for
 images). A row clean would quarantine is not predicted: its `label` is null and `rejected` names clean's
-reason (`empty`, `too_short`, `corrupt_image`, `too_many_pixels`, ...). With `min_confidence` set, a predicted row
+reason (`empty`, `too_short`, `corrupt_image`, `too_many_pixels`, ...). Personal data is handled as clean
+handles it (`clean.by_modality.text.pii`): redacted to the same placeholders the model was trained on, or the
+row rejected as `personal_data` where clean quarantines it. With `min_confidence` set, a predicted row
 below it gets `label` null and `rejected: low_confidence` (its probabilities are kept). The other rows are
 predicted as usual. Duplicate detection is a dataset rule, not a row rule, so it does not apply here.
 """
@@ -58,6 +60,9 @@ def screen(values: Sequence[Any], modality: Modality, clean_params: Any) -> tupl
         if isinstance(value, (bytes, bytearray, memoryview)):
             value = modality.from_bytes(bytes(value))[0]
         payload, reason = modality.normalise(value, clean_params)
+        if reason is None:  # personal data: redacted as clean redacts it, or rejected where clean quarantines it
+            scrubbed, _, reason = modality.personal_data(payload, clean_params)
+            payload = scrubbed if reason is None else None
         payloads.append(payload)
         reasons.append(reason)
     return payloads, reasons

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,9 @@ IMAGE = get_modality("image")
 TEXT_RULES = TEXT.clean_params({"min_chars": 3, "max_chars": 50, "fix_encoding": True, "strip_markup": True,
                                 "max_control_fraction": 0.05, "max_replacement_fraction": 0.01,
                                 "near_duplicates": {"ngram": 5, "num_perm": 16, "bands": 4, "threshold": 0.7,
-                                                    "seed": 1}})
+                                                    "seed": 1},
+                                "pii": {"action": "redact", "kinds": ["email", "phone", "ip", "card", "iban"],
+                                        "phone_regions": ["GB", "US"]}})
 IMAGE_RULES = IMAGE.clean_params({"mode": "L", "size": 28, "min_side": 8, "max_side": 1000, "max_pixels": 100_000,
                                   "formats": ["PNG"], "near_duplicates": {"max_distance": 8, "min_correlation": 0.97}})
 
@@ -43,6 +47,21 @@ def test_text_rows_clean_would_quarantine_are_rejected_with_its_reason(value, re
 def test_text_is_normalised_as_clean_normalises_it():
     payloads, reasons = screen(["  <b>caf\u00c3\u00a9</b>\u00a0ok  ", b"caf\xe9 bytes"], TEXT, TEXT_RULES)
     assert reasons == [None, None] and payloads == ["caf\u00e9 ok", "caf\u00e9 bytes"]
+
+
+def test_personal_data_is_redacted_or_rejected_at_serving_as_clean_does_it():
+    # the model was trained on redacted text, so it is served redacted text: the same placeholders, never the raw value
+    predict, calls = fixed([[0.3, 0.7], [0.6, 0.4]])
+    text = "call me on +44 20 7946 0958 or write to jane.doe@example.com today"
+    out = predict_frame([text, "nothing personal in here"], modality=TEXT,
+                        clean_params=dataclasses.replace(TEXT_RULES, max_chars=500), labels=["ham", "spam"],
+                        predict=predict, min_confidence=None)
+    assert calls == [["call me on <PHONE> or write to <EMAIL> today", "nothing personal in here"]]
+    assert out["label"].tolist() == ["spam", "ham"] and out["rejected"].tolist() == [None, None]
+    quarantine = dataclasses.replace(TEXT_RULES, max_chars=500,
+                                     pii=dataclasses.replace(TEXT_RULES.pii, action="quarantine"))
+    payloads, reasons = screen([text, "nothing personal in here"], TEXT, quarantine)
+    assert reasons == ["personal_data", None] and payloads == [None, "nothing personal in here"]
 
 
 @pytest.mark.parametrize("value,reason", [
