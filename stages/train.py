@@ -380,6 +380,17 @@ class HeadStrategy:
         return Classifier(self.backbone, head.to(self.device))
 
 
+def class_weights(labels: torch.Tensor, n_classes: int, mode: str) -> torch.Tensor | None:
+    """Cross-entropy class weights: None for `none`; for `balanced`, n / (k * count) per class (scikit-learn's
+    `class_weight="balanced"`), so a rare class counts as much as a common one, as macro-F1 does."""
+    if mode == "none":
+        return None
+    if mode != "balanced":
+        raise StageError(f"params.yaml: train.search.*.class_weight: {mode!r} is not one of ['none', 'balanced']")
+    counts = torch.bincount(labels.cpu(), minlength=n_classes).float().clamp(min=1.0)
+    return (len(labels) / (n_classes * counts)).to(labels.device)
+
+
 class ProbeStrategy(HeadStrategy):
     """The linear probe: an L2-regularised multinomial logistic regression on the frozen features, fitted to
     convergence full-batch with L-BFGS (one "epoch"; `l2` is the search parameter).
@@ -394,12 +405,14 @@ class ProbeStrategy(HeadStrategy):
         head = make_head(self.x_train.shape[1], self.n_classes, hidden=0, dropout=0.0).to(self.device)
         linear = head[-1]
         x, y = self.x_train.float(), self.y_train
+        weight = class_weights(y, self.n_classes, hp.get("class_weight", "none"))
         optimizer = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=int(hp["max_iter"]), history_size=20,
                                       tolerance_grad=1e-6, line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(head(x), y) + 0.5 * float(hp["l2"]) * linear.weight.pow(2).sum()
+            loss = (nn.functional.cross_entropy(head(x), y, weight=weight)
+                    + 0.5 * float(hp["l2"]) * linear.weight.pow(2).sum())
             loss.backward()
             return loss
 

@@ -28,6 +28,7 @@ from stages.train import (
     history_csv,
     journal_lock,
     leaderboard,
+    class_weights,
     lr_factor,
     make_pruner,
     recover_stale_trials,
@@ -163,6 +164,16 @@ def test_one_cycle_is_torchs_one_cycle_per_step_with_beta1_cycled_against_the_ra
     fit_epochs(module, batches=batches, evaluate=lambda: 0.5, lr=0.1, weight_decay=0.0, max_epochs=4, patience=10,
                device=torch.device("cpu"), on_epoch=lambda e, m: None, lr_schedule="one_cycle", steps_per_epoch=5)
     assert len(seen) == 20 and seen[-1][0] < 0.1 / 25e3 and seen[-1][1] == pytest.approx(0.95, abs=1e-3)
+
+
+def test_balanced_class_weights_make_a_rare_class_count_as_much_as_a_common_one():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    assert class_weights(labels, 2, "none") is None
+    weights = class_weights(labels, 2, "balanced")
+    assert weights.tolist() == pytest.approx([100 / (2 * 90), 100 / (2 * 10)])
+    assert float((weights[labels]).sum()) == pytest.approx(100.0)  # each class's total weight is n / k
+    with pytest.raises(StageError, match="class_weight: 'inverse' is not one of"):
+        class_weights(labels, 2, "inverse")
 
 
 def test_refit_horizon_keeps_the_trials_schedule():
