@@ -96,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise StageError(f"{args.inp}: field 'split': no test rows")
     model, config, modality = load_classifier(Path(args.model_dir))
     payloads = list(test[modality.payload_column])
-    y_true = test["label"].map({lab: i for i, lab in enumerate(config["labels"])}).to_numpy()
+    index = {lab: i for i, lab in enumerate(config["labels"])}
+    y_true = test["label"].map(index).to_numpy()
     compression = {"sparsity": cp.sparsity, "quantize": cp.quantize}
     val = frame[frame["split"] == "val"].sort_values("id", kind="stable")
     with atomic_path(args.out_dir) as tmp_dir:
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         reloaded, _, _ = load_classifier(tmp_dir)
         val_logits, _ = timed_predict(reloaded, modality, config["spec"], list(val[modality.payload_column]),
                                       batch_size=cp.batch_size)
-        y_val = val["label"].map({lab: i for i, lab in enumerate(config["labels"])}).to_numpy()
+        y_val = val["label"].map(index).to_numpy()
         calibration = calibrate(val_logits, y_val, fitted_on="val")
         write_json(tmp_dir / CONFIG_FILE, {**config, "compression": compression, "calibration": calibration})
     small, small_config, _ = load_classifier(Path(args.out_dir))  # measure exactly what serving will load

@@ -252,9 +252,14 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
-    scheduler, stepped = None, 0
-    if lr_schedule in TORCH_SCHEDULES:  # stepped per optimiser step, or per epoch without steps_per_epoch
-        scheduler = torch_scheduler(lr_schedule, optimizer, lr=lr, total_steps=horizon * (steps_per_epoch or 1))
+    # a torch scheduler steps per optimiser step, or per epoch without steps_per_epoch
+    scheduler = (torch_scheduler(lr_schedule, optimizer, lr=lr, total_steps=horizon * (steps_per_epoch or 1))
+                 if lr_schedule in TORCH_SCHEDULES else None)
+
+    def advance() -> None:  # one scheduler step, never past its last (a run may outlast a shorter horizon)
+        if scheduler is not None and scheduler.last_epoch < scheduler.total_steps - 1:
+            scheduler.step()
+
     best_metric, best_epoch, best_state, stale = -math.inf, -1, None, 0
     epoch = -1
     with fast_dropout(module, device):
@@ -274,14 +279,12 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
                     loss = loss_fn(module(inputs).float(), targets)
                 loss.backward()
                 optimizer.step()
-                if scheduler is not None and steps_per_epoch and stepped < scheduler.total_steps - 1:
-                    scheduler.step()
-                    stepped += 1
+                if steps_per_epoch:
+                    advance()
                 total += float(loss.detach()) * len(targets)
                 count += len(targets)
-            if scheduler is not None and not steps_per_epoch and stepped < scheduler.total_steps - 1:
-                scheduler.step()
-                stepped += 1
+            if not steps_per_epoch:
+                advance()
             metric = evaluate()
             if metric > best_metric:
                 best_metric, best_epoch, stale = metric, epoch, 0
