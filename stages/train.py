@@ -551,6 +551,30 @@ STRATEGIES: dict[str, type] = {"head": HeadStrategy, "probe": ProbeStrategy, "hy
                                "lora": LoraStrategy, "full": FullStrategy, "scratch": ScratchStrategy}
 
 
+def task_train_params(params: dict[str, Any], task: str) -> TrainParams:
+    """`train`, with the task's own `tasks.<task>.train` merged over it key by key.
+
+    A task overrides only what differs for its data (an imbalanced task's class weights, a
+    longer text model), and every other key keeps the shared value.
+    """
+    override = ((params.get("tasks") or {}).get(task) or {}).get("train") or {}
+    if not isinstance(override, dict):
+        raise StageError(f"params.yaml: tasks.{task}.train: expected a mapping, got {override!r}")
+    where = f"train (with tasks.{task}.train)" if override else "train"
+    return build(TrainParams, deep_merge(params.get("train") or {}, override), where)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override`'s keys replacing its own; mappings on both sides are merged in turn."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def strategy_name(strategy: Any) -> str:
     return next(name for name, cls in STRATEGIES.items() if type(strategy) is cls)
 
@@ -786,7 +810,7 @@ def run_worker(spec: WorkerSpec) -> None:
 
     offline_env()
     params = load_params()
-    tp = build(TrainParams, params.get("train"), "train")
+    tp = task_train_params(params, spec.task)
     seed = params["base"]["seed"]
     configure_threads(spec.threads)
     device = choose_device()
@@ -914,7 +938,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     started = time.time()
     params = load_params()
-    tp = build(TrainParams, params.get("train"), "train")
+    tp = task_train_params(params, args.task)
     seed = params["base"]["seed"]
     choices = strategy_choices(tp, task_modality(params, args.task).name)
     study_dir = Path(args.study_dir)

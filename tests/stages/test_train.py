@@ -38,6 +38,7 @@ from stages.train import (
     strategy_spec,
     study_name,
     suggest,
+    task_train_params,
 )
 from tests.conftest import dead_worker, live_worker, png_bytes
 
@@ -245,6 +246,27 @@ def test_unknown_strategy_and_pruner_fail_with_the_key():
         get_strategy("lora9000")
     with pytest.raises(StageError, match="train.pruner.kind"):
         make_pruner(PrunerParams("random", 0, 0))
+
+
+def test_a_task_overrides_train_keys_for_itself_only():
+    import yaml
+
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    shared = params["train"]["search"]["hybrid"]["class_weight"]
+    params["tasks"]["news"]["train"] = {"n_trials": 3, "search": {"hybrid": {"class_weight": {
+        "type": "fixed", "value": "balanced"}}}}
+    news, animals = task_train_params(params, "news"), task_train_params(params, "animals")
+    assert news.n_trials == 3 and news.search["hybrid"]["class_weight"]["value"] == "balanced"
+    assert news.search["hybrid"]["l2"] == params["train"]["search"]["hybrid"]["l2"]  # siblings kept
+    assert news.search["probe"] == params["train"]["search"]["probe"]
+    assert animals.n_trials == params["train"]["n_trials"] and animals.search["hybrid"]["class_weight"] == shared
+    assert params["train"]["search"]["hybrid"]["class_weight"] == shared  # the shared section is not touched
+    params["tasks"]["news"]["train"] = {"n_trails": 3}
+    with pytest.raises(StageError, match=r"tasks.news.train.*n_trails"):
+        task_train_params(params, "news")
+    params["tasks"]["news"]["train"] = [1]
+    with pytest.raises(StageError, match="tasks.news.train: expected a mapping"):
+        task_train_params(params, "news")
 
 
 def test_study_name_is_deterministic_and_tracks_space():
