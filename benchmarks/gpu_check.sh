@@ -3,7 +3,7 @@
 #  1. a tiny MiniLM full fine-tune (seq 128) on CUDA with our bf16 loop and a plain fp32 loop, printing samples/s,
 #     achieved TFLOP/s and MFU against the GPU's nominal dense bf16 peak (or the measured matmul roofline when the
 #     GPU is not in the table below);
-#  2. one short trial of each text strategy (head, lora, full) through stages.train's own classes on CUDA.
+#  2. one short trial of each text strategy (head, lora, full) through stages.training's own classes on CUDA.
 #
 #   bash benchmarks/gpu_check.sh            # extra args go to benchmarks/throughput.py, e.g. --batch-size 128
 set -euo pipefail

@@ -33,7 +33,7 @@ def run_arm(strategy, space: dict, *, pruner, seed: int, n_trials: int) -> dict:
     """One study of `n_trials`; counts every epoch any trial trains (pruned ones included)."""
     import optuna
 
-    from stages.train import run_trial
+    from stages.training.study import run_trial
 
     epochs = 0
 
@@ -58,7 +58,10 @@ def benchmark_task(params: dict, task: str, *, data_path: Path, cache_dir: Path,
 
     from stages.common import read_parquet
     from stages.modalities import task_modality
-    from stages.train import HeadStrategy, PrunerParams, make_pruner, split_data
+    from stages.train import PrunerParams
+    from stages.training.frozen import HeadStrategy
+    from stages.training.strategy import split_data
+    from stages.training.study import make_pruner
 
     train = params["train"]
     seed = params["base"]["seed"]

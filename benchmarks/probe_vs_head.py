@@ -36,7 +36,8 @@ def main() -> None:
     from stages.common import file_md5, load_params, read_parquet, task_params
     from stages.model import batched_forward
     from stages.modalities import task_modality
-    from stages.train import HeadStrategy, ProbeStrategy, split_data
+    from stages.training.frozen import HeadStrategy, ProbeStrategy
+    from stages.training.strategy import split_data
 
     torch.set_num_threads(args.threads)
     params = load_params()

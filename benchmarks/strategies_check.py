@@ -1,4 +1,4 @@
-"""One short trial of each text strategy (head, lora, full) through `stages.train`'s own strategy classes.
+"""One short trial of each text strategy (head, lora, full) through `stages.training`'s own strategy classes.
 
 A check of the training path on a device rather than a benchmark against a baseline: on a GPU machine it shows
 that every strategy trains on CUDA (bf16 autocast, TF32, fused AdamW), how long one trial takes, its training
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from stages.modalities import get_modality
     from stages.model import configure_threads
-    from stages.train import SplitData, get_strategy
+    from stages.training.strategy import SplitData, get_strategy
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and not torch.cuda.is_available():

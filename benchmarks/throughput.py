@@ -1,6 +1,6 @@
 """Training throughput of one MiniLM full fine-tune (sequence length 128) in three setups, on identical data.
 
-- `ours bf16`: `stages.train.fit_epochs`, the loop every strategy trains with (fused AdamW, bf16 autocast, CUDA
+- `ours bf16`: `stages.training.loop.fit_epochs`, the loop every strategy trains with (fused AdamW, bf16 autocast, CUDA
   TF32, and on CPU the counter-based dropout of `stages/dropout.py`).
 - `plain fp32`: the textbook PyTorch loop, no autocast.
 - `hf trainer`: transformers' Trainer with default settings (fp32), and with `bf16=True` (`--trainer-bf16`).
@@ -92,7 +92,7 @@ def rate(stamps: list[float], *, warmup: int, batch_size: int) -> float:
 
 
 def run_ours(model, inputs, labels, *, batch_size: int, steps: int, warmup: int, device) -> float:
-    from stages.train import fit_epochs
+    from stages.training.loop import fit_epochs
 
     stamps: list[float] = []
 

@@ -223,7 +223,7 @@ def test_a_journal_lock_left_by_kill_9_does_not_break_the_next_repro(killed_trai
     and resume. (Optuna's default symlink lock dangled here and failed DVC with ENOENT.)"""
     import contextlib
 
-    from stages.train import journal_lock
+    from stages.training.study import journal_lock
 
     repo, _, _ = killed_training  # a study that exists, after a kill and a resume
     journal = Path("models") / TASK / "study" / "journal.log"  # relative, as dvc.yaml passes it

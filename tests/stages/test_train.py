@@ -13,32 +13,23 @@ import torch
 
 from stages.common import StageError
 from stages.modalities import get_modality
-from stages.train import (
-    FullStrategy,
-    HeadStrategy,
-    ProbeStrategy,
-    PrunerParams,
-    ScratchStrategy,
-    SplitData,
+from stages.train import PrunerParams, task_train_params
+from stages.training.finetune import FullStrategy, ScratchStrategy
+from stages.training.frozen import HeadStrategy, ProbeStrategy, class_weights
+from stages.training.loop import fit_epochs, lr_factor, score
+from stages.training.strategy import SplitData, get_strategy, strategy_choices, strategy_spec
+from stages.training.study import (
     best_hyperparameters,
     choose_strategy,
     first_trials,
-    fit_epochs,
-    get_strategy,
     history_csv,
     journal_lock,
     leaderboard,
-    class_weights,
-    lr_factor,
     make_pruner,
     recover_stale_trials,
     run_trial,
-    score,
-    strategy_choices,
-    strategy_spec,
     study_name,
     suggest,
-    task_train_params,
 )
 from tests.conftest import dead_worker, live_worker, png_bytes
 
@@ -328,7 +319,7 @@ def test_frozen_strategies_read_the_rows_label_stored_and_add_only_missing_ones(
 
 def test_hybrid_strategy_learns_lexical_cues_and_round_trips_as_one_saved_model(tmp_path):
     from stages.model import load_classifier, predict_proba, save_classifier
-    from stages.train import HybridStrategy
+    from stages.training.frozen import HybridStrategy
 
     text = get_modality("text")
     spec = {"backbone": "minilm_l6", "max_length": 16, "pooling": "mean",
@@ -352,7 +343,7 @@ def test_hybrid_strategy_learns_lexical_cues_and_round_trips_as_one_saved_model(
 
 
 def test_hybrid_strategy_is_text_only():
-    from stages.train import HybridStrategy
+    from stages.training.frozen import HybridStrategy
 
     images = [png_bytes(value=v) for v in (20, 60, 100, 140)]
     data = SplitData(images, np.array([0, 0, 1, 1]), images, np.array([0, 0, 1, 1]))
@@ -456,7 +447,7 @@ def test_scratch_strategy_trains_a_random_init_cnn_at_native_size():
 def test_strategies_with_clashing_ranges_share_one_study(tmp_path):
     """`batch_size` with other choices in each strategy: Optuna refuses one name with two ranges, so each
     strategy's parameters are prefixed; the best trial's hyperparameters come back under their plain names."""
-    from stages.train import param_prefix
+    from stages.training.study import param_prefix
 
     spaces = {"head": {"batch_size": {"type": "categorical", "choices": [64, 256]},
                        "head_hidden": {"type": "fixed", "value": 0}},
