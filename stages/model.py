@@ -25,6 +25,7 @@ from stages.modalities import Modality, get_modality
 
 CONFIG_FILE = "classifier.json"
 WEIGHTS_FILE = "model.safetensors"
+ADAPTER_FILE = "adapter.safetensors"  # a kept (unmerged) adapter's tensors, beside the plain model's
 
 
 def choose_device() -> torch.device:
@@ -154,26 +155,49 @@ def predict_proba(classifier: Classifier, modality: Modality, spec: dict[str, An
 
 
 def save_classifier(model_dir: Path, classifier: Classifier, config: dict[str, Any]) -> None:
-    """Write `classifier.json`, `model.safetensors` and backbone files into `model_dir`."""
-    from safetensors.torch import save_model
+    """Write `classifier.json`, `model.safetensors` and backbone files into `model_dir`.
+
+    A model that keeps an adapter (`config["adapter"]`: one that does not merge into the weights) is saved as the
+    plain model's weights in `model.safetensors` and the adapter's in `adapter.safetensors` beside them."""
+    from safetensors.torch import save_file, save_model
 
     model_dir.mkdir(parents=True, exist_ok=True)
     modality = get_modality(config["modality"])
     (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    save_model(classifier.cpu(), str(model_dir / WEIGHTS_FILE))
     modality.save_backbone_files(classifier.backbone, model_dir)
+    if not config.get("adapter"):
+        save_model(classifier.cpu(), str(model_dir / WEIGHTS_FILE))
+        return
+    from stages.adapters import split_adapter
+
+    plain_keys = set(_plain_classifier(config, modality, model_dir).state_dict())
+    base, adapter = split_adapter(classifier.cpu().state_dict(), plain_keys)
+    save_file({k: v.contiguous() for k, v in base.items()}, str(model_dir / WEIGHTS_FILE))
+    save_file({k: v.contiguous() for k, v in adapter.items()}, str(model_dir / ADAPTER_FILE))
+
+
+def _plain_classifier(config: dict[str, Any], modality: Modality, model_dir: Path) -> Classifier:
+    backbone = modality.build_backbone(config["spec"], pretrained=False, model_dir=model_dir)
+    return Classifier(backbone, make_head(config["feature_dim"], len(config["labels"]), **config["head"]))
 
 
 def load_classifier(model_dir: Path) -> tuple[Classifier, dict[str, Any], Modality]:
-    """Rebuild the architecture from `classifier.json` and fill it from safetensors."""
-    from safetensors.torch import load_model
+    """Rebuild the architecture from `classifier.json` and fill it from safetensors (and its adapter, if any)."""
+    from safetensors.torch import load_file, load_model
 
     config = json.loads((model_dir / CONFIG_FILE).read_text())
     modality = get_modality(config["modality"])
-    backbone = modality.build_backbone(config["spec"], pretrained=False, model_dir=model_dir)
-    head = make_head(config["feature_dim"], len(config["labels"]), **config["head"])
-    classifier = Classifier(backbone, head)
+    classifier = _plain_classifier(config, modality, model_dir)
     load_model(classifier, str(model_dir / WEIGHTS_FILE))
+    if config.get("adapter"):
+        from stages.adapters import attach
+
+        classifier.backbone.encoder = attach(classifier.backbone.encoder, config["adapter"])
+        adapter = load_file(str(model_dir / ADAPTER_FILE))
+        result = classifier.load_state_dict(adapter, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"{model_dir / ADAPTER_FILE}: tensors the adapter does not have: "
+                             f"{result.unexpected_keys[:3]}")
     if config.get("compression", {}).get("quantize"):
         return quantize_int8(classifier), config, modality
     return classifier.eval(), config, modality

@@ -49,9 +49,9 @@ from stages.common import (
     run_main,
     write_json,
 )
-from stages.model import Classifier, choose_device, configure_threads, save_classifier
+from stages.model import ADAPTER_FILE, Classifier, choose_device, configure_threads, save_classifier
 from stages.modalities import task_modality
-from stages.training.strategy import strategy_choices, strategy_spec
+from stages.training.strategy import search_space, strategy_choices, strategy_spec
 from stages.training.study import (
     checkpoint_path,
     final_model,
@@ -91,6 +91,7 @@ class TrainParams:
     model: dict[str, dict[str, Any]]
     scratch_model: dict[str, dict[str, Any]]
     tfidf: dict[str, Any] | None = None  # strategy hybrid: the TF-IDF half of its features
+    peft: dict[str, Any] | None = None   # strategy peft: `method` and each method's own search space
 
 
 def task_train_params(params: dict[str, Any], task: str) -> TrainParams:
@@ -127,6 +128,13 @@ class TrainResult:
     trials: list[optuna.trial.FrozenTrial]
     summary_metrics: dict[str, Any]
     board: dict[str, dict[str, Any]]
+    method: dict[str, Any]           # how the model was trained: method, trainable parameters (Strategy.describe)
+
+
+def adapter_size(model_dir: Path) -> dict[str, int]:
+    """The kept adapter's size on disk (`adapter.safetensors`), when the saved model has one."""
+    path = model_dir / ADAPTER_FILE
+    return {"adapter_bytes": path.stat().st_size} if path.is_file() else {}
 
 
 def worker(spec: WorkerSpec) -> None:
@@ -170,8 +178,10 @@ def train(spec: WorkerSpec, study: optuna.Study, pool: StrategyPool, tp: TrainPa
         "head": {"hidden": int(hp["head_hidden"]), "dropout": float(hp["dropout"])},
         # temperature scaling on the val rows (stages/calibration.py); a refit has trained on them too
         "calibration": calibrate(*strategy.val_logits(model), fitted_on=f"val ({tp.final_model})"),
+        **strategy.saved_config(hp),
     }
-    return TrainResult(model, config, best, trials, summary_metrics, leaderboard(trials, pool.choices[0]))
+    return TrainResult(model, config, best, trials, summary_metrics, leaderboard(trials, pool.choices[0]),
+                       strategy.describe(hp))
 
 
 
@@ -251,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                            **{f"model.{k}": v for k, v in strategy_spec(tp, choices[0], pool.modality).items()}})
         mlflow.set_tags({"n_trials": tp.n_trials, "n_workers": tp.n_workers, "final_model": tp.final_model,
                          "device": device.type})
-        mlflow.log_dict({"search": {choice: tp.search[choice] for choice in choices}}, "search_space.json")
+        mlflow.log_dict({"search": {choice: search_space(tp, choice) for choice in choices}}, "search_space.json")
         if args.reports and Path(args.reports).is_dir():
             mlflow.log_artifacts(args.reports, "data_quality")
         if recovered:
@@ -270,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         mlflow.log_metrics({f"calibration.{k}": v for k, v in config["calibration"].items() if isinstance(v, float)})
         with atomic_path(args.model_dir) as tmp_dir:
             save_classifier(tmp_dir, result.model, config)
+            method = {**result.method, **adapter_size(tmp_dir)}
+        mlflow.set_tags({f"method.{k}": v for k, v in method.items()})  # the best trial, hence these, can change
         for path in (study_dir / "checkpoints").glob("trial-*.safetensors"):
             if path != checkpoint_path(study_dir, best.number):
                 path.unlink()
@@ -281,12 +293,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             "best_strategy": config["strategy"],
             "train_data_md5": data_md5,
             **summary_metrics,
+            "method": method,
         })
         if args.history:
             with atomic_path(args.history) as tmp:
                 tmp.write_text(history_csv(trials, choices[0]))
     summary_metrics["best_strategy"] = config["strategy"]
     summary_metrics["leaderboard"] = board
+    summary_metrics["method"] = method
     summary_metrics["wall_s"] = round(time.time() - started, 1)
     write_json(args.metrics, summary_metrics)
     print(f"train {args.task}: {summary_metrics}")

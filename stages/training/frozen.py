@@ -38,6 +38,13 @@ class HeadStrategy:
     def complete_spec(cls, spec: dict[str, Any], tp: Any) -> dict[str, Any]:
         return spec
 
+    @classmethod
+    def search_space(cls, tp: Any) -> dict[str, dict[str, Any]]:
+        return tp.search[cls.name]
+
+    def saved_config(self, hp: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
     def __init__(self, modality: Modality, spec: dict[str, Any], data: SplitData, *, metric: str, patience: int,
                  device: torch.device, feature_batch_size: int, feature_cache: Path | None = None,
                  feature_store: Path | None = None) -> None:

@@ -75,14 +75,17 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
                lr: float, weight_decay: float, max_epochs: int, patience: int, device: torch.device,
                on_epoch: EpochCallback, lr_schedule: str = "constant",
                schedule_epochs: int | None = None, label_smoothing: float = 0.0,
-               steps_per_epoch: int | None = None) -> tuple[float, int, int]:
+               steps_per_epoch: int | None = None,
+               after_step: Callable[[int], None] | None = None) -> tuple[float, int, int]:
     """Train `module` epoch by epoch with early stopping; restore the best epoch's weights.
 
     `lr_schedule` `cosine` decays the learning rate per epoch over `schedule_epochs` (default `max_epochs`), so a
     trial settles by the end of its own budget instead of drifting at a constant rate (which leaves early
     stopping and the pruner comparing noise). Given `steps_per_epoch` (the batches `batches` yields per epoch),
     the rate is set at every step instead, from the fraction of the schedule done. `label_smoothing` is the
-    cross-entropy's. Returns `(best_metric, best_epoch, epochs_run)`. `on_epoch` may raise (e.g. TrialPruned).
+    cross-entropy's. `after_step(step)` runs after each optimiser step (`step` counts from 0), gradients still in place (AdaLoRA
+    allocates its ranks there). Returns `(best_metric, best_epoch, epochs_run)`. `on_epoch` may raise (e.g.
+    TrialPruned).
     """
     horizon = schedule_epochs or max_epochs
     if lr_schedule not in TORCH_SCHEDULES:
@@ -102,7 +105,7 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
             scheduler.step()
 
     best_metric, best_epoch, best_state, stale = -math.inf, -1, None, 0
-    epoch = -1
+    epoch, global_step = -1, 0
     with fast_dropout(module, device):
         for epoch in range(max_epochs):
             module.train()
@@ -120,6 +123,9 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
                     loss = loss_fn(module(inputs).float(), targets)
                 loss.backward()
                 optimizer.step()
+                if after_step is not None:
+                    after_step(global_step)
+                global_step += 1
                 if steps_per_epoch:
                     advance()
                 total += float(loss.detach()) * len(targets)

@@ -23,7 +23,7 @@ from stages.model import Classifier
 from stages.training.loop import EpochCallback
 
 # modules whose classes register the built-in strategies; imported lazily so the registry is cheap to import
-_BUILTIN = ("stages.training.frozen", "stages.training.finetune")
+_BUILTIN = ("stages.training.frozen", "stages.training.finetune", "stages.training.efficient")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,10 @@ class Strategy(Protocol):
     def complete_spec(cls, spec: dict[str, Any], tp: Any) -> dict[str, Any]:
         """The model spec from its params section, with whatever else of `train` the strategy builds from."""
 
+    @classmethod
+    def search_space(cls, tp: Any) -> dict[str, dict[str, Any]]:
+        """The trials' search space (params.yaml `train.search.<name>`, and whatever the strategy adds)."""
+
     def fit(self, hp: dict[str, Any], on_epoch: EpochCallback, *, seed: int) -> FitResult:
         """Train one model; `on_epoch(epoch, metrics)` after each epoch (it may raise TrialPruned)."""
 
@@ -75,6 +79,9 @@ class Strategy(Protocol):
 
     def val_logits(self, model: Classifier) -> tuple[np.ndarray, np.ndarray]:
         """`model`'s logits on the val rows and their labels: what calibration fits."""
+
+    def saved_config(self, hp: dict[str, Any]) -> dict[str, Any]:
+        """Keys the saved model's `classifier.json` needs beyond the common ones (a kept adapter's description)."""
 
     def describe(self, hp: dict[str, Any]) -> dict[str, Any]:
         """What the model card and train metrics report of a model trained with `hp`: its method and trainable
@@ -120,6 +127,11 @@ def strategy_choices(tp: Any, modality: str) -> list[str]:
         if name not in tp.search:
             raise StageError(f"params.yaml: train.search.{name}: missing key")
     return choices
+
+
+def search_space(tp: Any, name: str) -> dict[str, dict[str, Any]] | None:
+    """Strategy `name`'s search space (None when params.yaml has no `train.search.<name>`)."""
+    return get_strategy(name).search_space(tp) if name in tp.search else None
 
 
 def strategy_spec(tp: Any, name: str, modality: Modality) -> dict[str, Any]:

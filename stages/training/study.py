@@ -19,7 +19,7 @@ import optuna
 from stages.common import StageError
 from stages.model import Classifier
 from stages.training.loop import EpochCallback
-from stages.training.strategy import FitResult
+from stages.training.strategy import FitResult, search_space
 from stages.workers import is_dead_local_worker
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -61,7 +61,7 @@ def first_trials(tp: Any, choices: Sequence[str]) -> list[dict[str, Any]]:
     for choice in choices:
         prefix = param_prefix(choice, choices)
         trial: dict[str, Any] = {"strategy": choice} if len(choices) > 1 else {}
-        for name, spec in tp.search[choice].items():
+        for name, spec in search_space(tp, choice).items():
             if "default" not in spec:
                 continue
             value, where = spec["default"], f"params.yaml: train.search.{choice}.{name}.default"
@@ -187,8 +187,8 @@ def run_trial(trial: optuna.Trial, strategy: Any, space: dict[str, dict[str, Any
 
 def study_name(task: str, data_md5: str, tp: Any, seed: int, choices: Sequence[str]) -> str:
     """Deterministic: the same data and search settings give the same name, so a rerun resumes."""
-    settings = {"strategy": choices, "search": {name: tp.search.get(name) for name in choices}, "metric": tp.metric,
-                "patience": tp.patience, "pruner": [tp.pruner.kind, tp.pruner.n_startup_trials, tp.pruner.n_warmup_steps],
+    settings = {"strategy": choices, "search": {name: search_space(tp, name) for name in choices},
+                "metric": tp.metric, "patience": tp.patience, "pruner": [tp.pruner.kind, tp.pruner.n_startup_trials, tp.pruner.n_warmup_steps],
                 "model": tp.model, "scratch_model": tp.scratch_model if "scratch" in choices else None, "seed": seed}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{task}-{data_md5[:8]}-{digest}"
@@ -221,7 +221,7 @@ def best_hyperparameters(best: optuna.trial.FrozenTrial, tp: Any, choices: Seque
     name = best.params.get("strategy", choices[0])
     prefix = param_prefix(name, choices)
     sampled = {k[len(prefix):]: v for k, v in best.params.items() if k != "strategy" and k.startswith(prefix)}
-    return name, trial_hyperparameters(sampled, tp.search[name])
+    return name, trial_hyperparameters(sampled, search_space(tp, name))
 
 
 def final_model(study: optuna.Study, pool: Any, tp: Any, study_dir: Path, *,

@@ -24,7 +24,7 @@ from stages.common import StageError, atomic_path, file_md5, read_parquet, task_
 from stages.labeling.features import store_path
 from stages.modalities import check_backbone, task_modality
 from stages.model import choose_device, configure_threads
-from stages.training.strategy import get_strategy, split_data, strategy_choices, strategy_spec
+from stages.training.strategy import get_strategy, search_space, split_data, strategy_choices, strategy_spec
 from stages.training.study import (
     checkpoint_path,
     choose_strategy,
@@ -108,7 +108,7 @@ def run_worker(spec: WorkerSpec, params: dict[str, Any], tp: Any) -> None:
         name = choose_strategy(trial, pool.choices)
         strategy = pool.get(name)
         prefix = param_prefix(name, pool.choices)
-        result = tracking.tracked_trial(trial, lambda on_epoch: run_trial(trial, strategy, tp.search[name], seed=seed,
+        result = tracking.tracked_trial(trial, lambda on_epoch: run_trial(trial, strategy, search_space(tp, name), seed=seed,
                                                                           on_epoch=on_epoch, prefix=prefix),
                                         metric=tp.metric, parent_run_id=parent_run_id)
         best_so_far = max((t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))

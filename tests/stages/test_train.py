@@ -386,7 +386,8 @@ def test_strategy_choices_take_a_name_a_list_or_one_per_modality(value, expected
 
 @pytest.mark.parametrize("value, message", [
     ({"text": ["head"]}, r"train.strategy.image: missing key"),
-    (["head", "warp"], r"unknown strategy 'warp'; known: \['full', 'head', 'hybrid', 'lora', 'probe', 'scratch'\]"),
+    (["head", "warp"], r"unknown strategy 'warp'; known: \['adapter', 'full', 'head', 'hybrid', 'lora', 'peft',"
+     r" 'probe', 'scratch'\]"),
     (["lora"], r"train.search.lora: missing key"),
 ])
 def test_strategy_choices_fail_with_the_key(value, message):
