@@ -124,7 +124,7 @@ def render_card(*, name: str, version: int, task: str, modality: str, labels: li
               f"- Optuna study `{summary['study_name']}`: {summary.get('n_trials')} trials, "
               f"{summary.get('n_complete')} complete, {summary.get('n_pruned')} pruned, {summary.get('n_failed')} failed",
               f"- Best trial {summary.get('best_trial')} (best epoch {summary.get('best_epoch')}), "
-              f"params: `{summary.get('best_params')}`", "",
+              f"params: `{summary.get('best_params')}`", *method_lines(summary.get("method")), "",
               "## Test metrics", "",
               "| metric | value |", "|---|---|"]
     for key in ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall", "roc_auc", "log_loss"):
@@ -151,6 +151,19 @@ def render_card(*, name: str, version: int, task: str, modality: str, labels: li
     if weakest:
         lines.append(f"- Weakest class: `{weakest[0]}` (test F1 {weakest[1]['f1-score']:.4f}).")
     return "\n".join(lines) + "\n"
+
+
+def method_lines(method: dict[str, Any] | None) -> list[str]:
+    """How the model was trained (train's `method`): the method, trainable parameters, and a kept adapter's size."""
+    if not method:
+        return []
+    line = f"- Method `{method['method']}`: {method['trainable_parameters']:,} trainable parameters"
+    if "adapter_parameters" in method:
+        line += f", adapter {method['adapter_parameters']:,} parameters"
+        line += " (merged into the weights)" if method.get("merged") else ""
+    if "adapter_bytes" in method:
+        line += f", {method['adapter_bytes']:,} bytes on disk (adapter.safetensors)"
+    return [line]
 
 
 def calibration_lines(evaluation: dict[str, Any]) -> list[str]:

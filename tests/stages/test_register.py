@@ -134,3 +134,15 @@ def test_model_card_and_compressed_description_state_both_eces():
     small = compressed_calibration({"compressed": {"temperature": 1.7, "ece": 0.015, "ece_uncalibrated": 0.05}})
     assert "T = 1.7000" in small and "0.0150 calibrated, 0.0500 uncalibrated" in small
     assert compressed_calibration({"compressed": {}}) == ""
+
+
+def test_model_card_reports_the_training_method_and_its_adapter():
+    from stages.register import method_lines
+
+    assert method_lines(None) == []
+    (line,) = method_lines({"method": "adapter", "merged": False, "trainable_parameters": 30_000,
+                            "adapter_parameters": 29_000, "adapter_bytes": 117_000})
+    assert line == ("- Method `adapter`: 30,000 trainable parameters, adapter 29,000 parameters, "
+                    "117,000 bytes on disk (adapter.safetensors)")
+    assert "merged into the weights" in method_lines({"method": "peft/lora", "merged": True,
+                                                      "trainable_parameters": 9, "adapter_parameters": 8})[0]
