@@ -92,6 +92,7 @@ class TrainParams:
     scratch_model: dict[str, dict[str, Any]]
     tfidf: dict[str, Any] | None = None  # strategy hybrid: the TF-IDF half of its features
     peft: dict[str, Any] | None = None   # strategy peft: `method` and each method's own search space
+    distributed: dict[str, Any] | None = None  # nproc_per_node: processes training each trial together (DDP)
 
 
 def task_train_params(params: dict[str, Any], task: str) -> TrainParams:

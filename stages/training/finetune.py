@@ -15,6 +15,7 @@ from stages.common import StageError
 from stages.modalities import Modality
 from stages.model import Classifier, batched_forward, make_head, to_device
 from stages.training.frozen import trainable_parameters
+from stages.training.distributed import shard
 from stages.training.loop import EpochCallback, fit_epochs, loop_args, score
 from stages.training.strategy import FitResult, SplitData, register
 
@@ -56,7 +57,9 @@ class FullStrategy:
         def batches(epoch: int):
             order = torch.randperm(len(labels), generator=generator)
             for start in range(0, len(order), hp["batch_size"]):
-                idx = order[start:start + hp["batch_size"]].tolist()
+                idx = shard(order[start:start + hp["batch_size"]]).tolist()
+                if len(idx) == 0:  # a last batch smaller than the number of DDP ranks
+                    continue
                 batch = self.modality.to_batch([payloads[i] for i in idx], self.spec, backbone)
                 yield to_device(batch, self.device), labels[idx].to(self.device)
 

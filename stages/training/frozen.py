@@ -19,6 +19,7 @@ from stages.common import StageError, atomic_path, build
 from stages.labeling.features import cached_extract
 from stages.modalities import Modality
 from stages.model import Classifier, autocast, batched_forward, make_head, to_device
+from stages.training.distributed import shard
 from stages.training.loop import EpochCallback, fit_epochs, loop_args, score
 from stages.training.strategy import FitResult, SplitData, register
 
@@ -90,7 +91,9 @@ class HeadStrategy:
         def batches(epoch: int):
             order = torch.randperm(len(self.y_train), generator=generator).to(self.device)
             for start in range(0, len(order), hp["batch_size"]):
-                idx = order[start:start + hp["batch_size"]]
+                idx = shard(order[start:start + hp["batch_size"]])
+                if len(idx) == 0:  # a last batch smaller than the number of DDP ranks
+                    continue
                 yield self.x_train[idx], self.y_train[idx]
 
         def evaluate() -> float:

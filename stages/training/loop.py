@@ -14,6 +14,7 @@ from torch import nn
 from stages.common import StageError
 from stages.dropout import fast_dropout
 from stages.model import autocast
+from stages.training.distributed import broadcast_value, rank_and_world, wrap
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -106,6 +107,10 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
 
     best_metric, best_epoch, best_state, stale = -math.inf, -1, None, 0
     epoch, global_step = -1, 0
+    # under DDP (stages/training/distributed.py) every rank trains on its shard of each batch; rank 0 evaluates,
+    # reports, and its metric and its decision to stop are broadcast, so all ranks run the same steps
+    rank, world = rank_and_world()
+    forward = wrap(module)
     with fast_dropout(module, device):
         for epoch in range(max_epochs):
             module.train()
@@ -120,7 +125,7 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
                         group["lr"] = lr * factor
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(device):
-                    loss = loss_fn(module(inputs).float(), targets)
+                    loss = loss_fn(forward(inputs).float(), targets)
                 loss.backward()
                 optimizer.step()
                 if after_step is not None:
@@ -132,14 +137,25 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
                 count += len(targets)
             if not steps_per_epoch:
                 advance()
-            metric = evaluate()
+            metric = evaluate() if rank == 0 else 0.0
+            if world > 1:
+                metric = broadcast_value(metric)
             if metric > best_metric:
                 best_metric, best_epoch, stale = metric, epoch, 0
                 best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
             else:
                 stale += 1
-            on_epoch(epoch, {"val_metric": metric, "train_loss": total / max(count, 1)})
-            if stale >= patience:
+            stopped, error = 0.0, None
+            if rank == 0:
+                try:
+                    on_epoch(epoch, {"val_metric": metric, "train_loss": total / max(count, 1)})
+                except BaseException as exc:  # TrialPruned: the followers stop with rank 0
+                    stopped, error = 1.0, exc
+            if world > 1:
+                stopped = broadcast_value(stopped)
+            if error is not None:
+                raise error
+            if stopped or stale >= patience:
                 break
     if best_state is not None:
         module.load_state_dict(best_state)

@@ -18,6 +18,7 @@ import optuna
 
 from stages.common import StageError
 from stages.model import Classifier
+from stages.training.distributed import fit_distributed
 from stages.training.loop import EpochCallback
 from stages.training.strategy import FitResult, search_space
 from stages.workers import is_dead_local_worker
@@ -169,8 +170,9 @@ def recover_stale_trials(study: optuna.Study) -> list[int]:
 
 
 def run_trial(trial: optuna.Trial, strategy: Any, space: dict[str, dict[str, Any]], *, seed: int,
-              on_epoch: EpochCallback, prefix: str = "") -> FitResult:
-    """One Optuna trial: sample, fit with per-epoch reporting and pruning, record the best epoch."""
+              on_epoch: EpochCallback, prefix: str = "", nproc: int = 1) -> FitResult:
+    """One Optuna trial: sample, fit with per-epoch reporting and pruning, record the best epoch. With `nproc` > 1
+    the fit runs under DDP on that many processes, this one rank 0 (stages/training/distributed.py)."""
     hp = suggest(trial, space, prefix=prefix)
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
@@ -179,7 +181,7 @@ def run_trial(trial: optuna.Trial, strategy: Any, space: dict[str, dict[str, Any
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-    result = strategy.fit(hp, report, seed=seed + trial.number)
+    result = fit_distributed(strategy, hp, report, seed=seed + trial.number, nproc=nproc)
     trial.set_user_attr("best_epoch", result.best_epoch)
     trial.set_user_attr("epochs_run", result.epochs_run)
     return result

@@ -102,6 +102,7 @@ def run_worker(spec: WorkerSpec, params: dict[str, Any], tp: Any) -> None:
     for name in pool.choices:  # set-up (a frozen encoder's feature pass) is not trial time: the budget starts after
         pool.get(name)
     deadline = None if tp.timeout_s is None else time.time() + tp.timeout_s
+    nproc = int((tp.distributed or {}).get("nproc_per_node", 1))  # processes per trial (DDP)
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
@@ -109,7 +110,8 @@ def run_worker(spec: WorkerSpec, params: dict[str, Any], tp: Any) -> None:
         strategy = pool.get(name)
         prefix = param_prefix(name, pool.choices)
         result = tracking.tracked_trial(trial, lambda on_epoch: run_trial(trial, strategy, search_space(tp, name), seed=seed,
-                                                                          on_epoch=on_epoch, prefix=prefix),
+                                                                          on_epoch=on_epoch, prefix=prefix,
+                                                                          nproc=nproc),
                                         metric=tp.metric, parent_run_id=parent_run_id)
         best_so_far = max((t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                            if t.value is not None), default=-math.inf)
