@@ -114,7 +114,8 @@ def test_unknown_backbone_names_the_key_and_the_known_ones(repo, tmp_path, modul
     edit_params(repo, lambda p: p[first][second]["text"].update(backbone="minilm_l7"))
     try:
         code, err = train_cli(repo, tmp_path) if args is None else stage(repo, module, *args)
-        assert_one_line(code, err, f"{first}.{second}.text.backbone", "'minilm_l7'", "known: ['minilm_l6', 'mpnet_base', 'path']")
+        assert_one_line(code, err, f"{first}.{second}.text.backbone", "'minilm_l7'",
+                        "known: ['minilm_l6', 'mpnet_base', 'path']")
     finally:
         edit_params(repo, lambda p: p[first][second]["text"].update(backbone="minilm_l6"))
 

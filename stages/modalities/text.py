@@ -196,7 +196,8 @@ class Text(Modality):
             raise ValueError(f"unknown text backbone {name!r}; known: {self.backbone_names()}")
         if "tfidf" in spec:  # strategy hybrid: its TF-IDF vocabulary, fitted on the train rows, is saved with the model
             if model_dir is None:
-                raise ValueError("a hybrid backbone is built by its strategy (stages.training.frozen.HybridStrategy) or loaded")
+                raise ValueError("a hybrid backbone is built by its strategy "
+                                 "(stages.training.frozen.HybridStrategy) or loaded")
             import numpy as np
 
             from stages.modalities.tfidf import TFIDF_FILE, HybridBackbone, TfidfFeatures, TfidfParams

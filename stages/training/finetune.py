@@ -45,6 +45,13 @@ class FullStrategy:
     def build(self, hp: dict[str, Any]) -> Classifier:
         backbone = self.modality.build_backbone(self.spec, pretrained=self.pretrained)
         head = make_head(backbone.feature_dim, self.n_classes, hidden=hp["head_hidden"], dropout=hp["dropout"])
+        if hp.get("gradient_checkpointing"):
+            # recompute activations in the backward pass instead of keeping them: memory for compute
+            enable = getattr(getattr(backbone, "encoder", None), "gradient_checkpointing_enable", None)
+            if enable is None:
+                raise StageError("params.yaml: train.search.*.gradient_checkpointing: this backbone "
+                                 f"({self.spec.get('backbone')!r}) does not support it")
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return Classifier(backbone, head)
 
     def fit(self, hp: dict[str, Any], on_epoch: EpochCallback, *, seed: int) -> FitResult:
@@ -77,7 +84,8 @@ class FullStrategy:
 
     def steps(self, hp: dict[str, Any]) -> int:
         """Optimiser steps of a run of `hp["max_epochs"]` epochs on the train rows."""
-        return int(hp["max_epochs"]) * math.ceil(len(self.data.train_labels) / int(hp["batch_size"]))
+        batches = math.ceil(len(self.data.train_labels) / int(hp["batch_size"]))
+        return int(hp["max_epochs"]) * math.ceil(batches / int(hp.get("gradient_accumulation", 1)))
 
     def after_step(self, model: Classifier, hp: dict[str, Any]) -> Any:
         """What runs after each optimiser step (`fit_epochs`' `after_step`): nothing here."""

@@ -76,7 +76,7 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
                lr: float, weight_decay: float, max_epochs: int, patience: int, device: torch.device,
                on_epoch: EpochCallback, lr_schedule: str = "constant",
                schedule_epochs: int | None = None, label_smoothing: float = 0.0,
-               steps_per_epoch: int | None = None,
+               steps_per_epoch: int | None = None, accumulate: int = 1,
                after_step: Callable[[int], None] | None = None) -> tuple[float, int, int]:
     """Train `module` epoch by epoch with early stopping; restore the best epoch's weights.
 
@@ -84,8 +84,10 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
     trial settles by the end of its own budget instead of drifting at a constant rate (which leaves early
     stopping and the pruner comparing noise). Given `steps_per_epoch` (the batches `batches` yields per epoch),
     the rate is set at every step instead, from the fraction of the schedule done. `label_smoothing` is the
-    cross-entropy's. `after_step(step)` runs after each optimiser step (`step` counts from 0), gradients still in place (AdaLoRA
-    allocates its ranks there). Returns `(best_metric, best_epoch, epochs_run)`. `on_epoch` may raise (e.g.
+    cross-entropy's. `accumulate` batches add their gradients up before each optimiser step (gradient
+    accumulation: the effective batch is `accumulate` times larger at the memory of one). `after_step(step)` runs
+    after each optimiser step (`step` counts from 0), gradients still in place (AdaLoRA allocates its ranks
+    there). Returns `(best_metric, best_epoch, epochs_run)`. `on_epoch` may raise (e.g.
     TrialPruned).
     """
     horizon = schedule_epochs or max_epochs
@@ -98,7 +100,9 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=float(label_smoothing))
     # a torch scheduler steps per optimiser step, or per epoch without steps_per_epoch
-    scheduler = (torch_scheduler(lr_schedule, optimizer, lr=lr, total_steps=horizon * (steps_per_epoch or 1))
+    accumulate = max(1, int(accumulate))
+    optimizer_steps = math.ceil((steps_per_epoch or 1) / accumulate)
+    scheduler = (torch_scheduler(lr_schedule, optimizer, lr=lr, total_steps=horizon * optimizer_steps)
                  if lr_schedule in TORCH_SCHEDULES else None)
 
     def advance() -> None:  # one scheduler step, never past its last (a run may outlast a shorter horizon)
@@ -111,6 +115,16 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
     # reports, and its metric and its decision to stop are broadcast, so all ranks run the same steps
     rank, world = rank_and_world()
     forward = wrap(module)
+
+    def optimizer_step() -> None:
+        nonlocal global_step
+        optimizer.step()
+        if after_step is not None:
+            after_step(global_step)
+        global_step += 1
+        if steps_per_epoch:
+            advance()
+
     with fast_dropout(module, device):
         for epoch in range(max_epochs):
             module.train()
@@ -118,23 +132,25 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
             if scheduler is None:
                 for group in optimizer.param_groups:
                     group["lr"] = lr * lr_factor(lr_schedule, epoch, horizon)
+            pending = 0  # batches whose gradients wait for the next optimiser step
             for step, (inputs, targets) in enumerate(batches(epoch)):
                 if steps_per_epoch and scheduler is None:
                     factor = lr_factor(lr_schedule, epoch + min(step / steps_per_epoch, 1.0), horizon)
                     for group in optimizer.param_groups:
                         group["lr"] = lr * factor
-                optimizer.zero_grad(set_to_none=True)
+                if pending == 0:
+                    optimizer.zero_grad(set_to_none=True)
                 with autocast(device):
                     loss = loss_fn(forward(inputs).float(), targets)
-                loss.backward()
-                optimizer.step()
-                if after_step is not None:
-                    after_step(global_step)
-                global_step += 1
-                if steps_per_epoch:
-                    advance()
+                (loss / accumulate if accumulate > 1 else loss).backward()
+                pending += 1
+                if pending == accumulate:
+                    optimizer_step()
+                    pending = 0
                 total += float(loss.detach()) * len(targets)
                 count += len(targets)
+            if pending:
+                optimizer_step()
             if not steps_per_epoch:
                 advance()
             metric = evaluate() if rank == 0 else 0.0
@@ -166,5 +182,5 @@ def loop_args(hp: dict[str, Any]) -> dict[str, Any]:
     """`fit_epochs`' optimiser, budget and schedule arguments, from a trial's hyperparameters."""
     return {"lr": hp["lr"], "weight_decay": hp["weight_decay"], "max_epochs": hp["max_epochs"],
             "lr_schedule": hp.get("lr_schedule", "constant"), "schedule_epochs": hp.get("schedule_epochs"),
-            "label_smoothing": hp.get("label_smoothing", 0.0)}
+            "label_smoothing": hp.get("label_smoothing", 0.0), "accumulate": hp.get("gradient_accumulation", 1)}
 

@@ -190,7 +190,8 @@ def run_trial(trial: optuna.Trial, strategy: Any, space: dict[str, dict[str, Any
 def study_name(task: str, data_md5: str, tp: Any, seed: int, choices: Sequence[str]) -> str:
     """Deterministic: the same data and search settings give the same name, so a rerun resumes."""
     settings = {"strategy": choices, "search": {name: search_space(tp, name) for name in choices},
-                "metric": tp.metric, "patience": tp.patience, "pruner": [tp.pruner.kind, tp.pruner.n_startup_trials, tp.pruner.n_warmup_steps],
+                "metric": tp.metric, "patience": tp.patience,
+                "pruner": [tp.pruner.kind, tp.pruner.n_startup_trials, tp.pruner.n_warmup_steps],
                 "model": tp.model, "scratch_model": tp.scratch_model if "scratch" in choices else None, "seed": seed}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"{task}-{data_md5[:8]}-{digest}"

@@ -109,7 +109,8 @@ def run_worker(spec: WorkerSpec, params: dict[str, Any], tp: Any) -> None:
         name = choose_strategy(trial, pool.choices)
         strategy = pool.get(name)
         prefix = param_prefix(name, pool.choices)
-        result = tracking.tracked_trial(trial, lambda on_epoch: run_trial(trial, strategy, search_space(tp, name), seed=seed,
+        space = search_space(tp, name)
+        result = tracking.tracked_trial(trial, lambda on_epoch: run_trial(trial, strategy, space, seed=seed,
                                                                           on_epoch=on_epoch, prefix=prefix,
                                                                           nproc=nproc),
                                         metric=tp.metric, parent_run_id=parent_run_id)

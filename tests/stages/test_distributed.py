@@ -1,5 +1,6 @@
-"""DDP: two CPU processes (gloo) train one trial; every rank ends with the same weights, and the result matches a
-one-process run (same rows per optimiser step, dropout off, so the averaged gradient is the full batch's)."""
+"""Training at scale on a tiny BERT: DDP (two CPU processes, gloo) ends every rank with the same weights as a
+one-process run (same rows per optimiser step, dropout off, so the averaged gradient is the full batch's); so do
+gradient accumulation (two half batches per step) and gradient checkpointing."""
 
 from __future__ import annotations
 
@@ -46,3 +47,19 @@ def test_two_processes_train_one_trial_to_the_same_weights_as_one(tmp_path):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=key)
     assert abs(two.best_metric - one.best_metric) <= 1 / len(TEXTS)
     assert state_digest(two.model) != state_digest(strategy.build(HP))  # it trained
+
+
+def full_strategy(folder, *, texts=None):
+    spec = {"backbone": "path", "path": str(folder), "max_length": 16, "max_chunks": 1, "pooling": "mean"}
+    texts = texts or TEXTS
+    return get_strategy("full")(get_modality("text"), spec, SplitData(texts, LABELS, texts, LABELS),
+                                metric="accuracy", patience=5, device=torch.device("cpu"), feature_batch_size=8)
+
+
+def test_accumulated_half_batches_and_checkpointed_activations_train_as_the_full_batch(tmp_path):
+    strategy = full_strategy(tiny_bert_without_dropout(tmp_path / "bert"))
+    plain = strategy.fit(HP, lambda epoch, metrics: None, seed=3).model.state_dict()
+    for variant in ({"batch_size": 4, "gradient_accumulation": 2}, {"gradient_checkpointing": True}):
+        other = strategy.fit({**HP, **variant}, lambda epoch, metrics: None, seed=3).model.state_dict()
+        for key in plain:
+            np.testing.assert_allclose(other[key].numpy(), plain[key].numpy(), atol=1e-5, err_msg=f"{variant} {key}")
