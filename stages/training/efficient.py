@@ -53,10 +53,9 @@ class _EncoderAdapterStrategy(FullStrategy):
 
     def describe(self, hp: dict[str, Any]) -> dict[str, Any]:
         model = self.build(hp)
-        adapter = [p for name, p in model.backbone.named_parameters() if p.requires_grad]
         return {"method": self.method(hp), "merged": self.merges(hp),
                 "trainable_parameters": trainable_parameters(model),
-                "adapter_parameters": int(sum(p.numel() for p in adapter))}
+                "adapter_parameters": trainable_parameters(model.backbone)}
 
     def method(self, hp: dict[str, Any]) -> str:
         return self.name
@@ -88,9 +87,8 @@ class PeftStrategy(_EncoderAdapterStrategy):
         return get_peft_method(hp["method"]).mergeable
 
     def after_step(self, model: Classifier, hp: dict[str, Any]) -> Any:
-        # AdaLoRA reallocates its rank budget from the gradients after every optimiser step
-        allocate = getattr(model.backbone.encoder.base_model, "update_and_allocate", None)
-        return allocate
+        # AdaLoRA reallocates its rank budget from the gradients after every optimiser step; the others have no hook
+        return getattr(model.backbone.encoder.base_model, "update_and_allocate", None)
 
     def saved_config(self, hp: dict[str, Any]) -> dict[str, Any]:
         if self.merges(hp):
