@@ -261,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                            "pruner": tp.pruner.kind, "study_name": name,
                            **{f"model.{k}": v for k, v in strategy_spec(tp, choices[0], pool.modality).items()}})
         mlflow.set_tags({"n_trials": tp.n_trials, "n_workers": tp.n_workers, "final_model": tp.final_model,
-                         "device": device.type})
+                         "device": device.type,
+                         "nproc_per_node": int((tp.distributed or {}).get("nproc_per_node", 1))})
         mlflow.log_dict({"search": {choice: search_space(tp, choice) for choice in choices}}, "search_space.json")
         if args.reports and Path(args.reports).is_dir():
             mlflow.log_artifacts(args.reports, "data_quality")

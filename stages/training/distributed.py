@@ -95,6 +95,22 @@ def _follower(rank: int, world: int, port: int, strategy: Any, hp: dict[str, Any
         dist.destroy_process_group()
 
 
+def _collect(digests: Any, followers: list[Any]) -> dict[int, str]:
+    """Each follower's `(rank, digest)`; a follower that died without sending one fails the trial, not a wait."""
+    import queue
+
+    theirs: dict[int, str] = {}
+    while len(theirs) < len(followers):
+        try:
+            rank, digest = digests.get(timeout=5)
+            theirs[rank] = digest
+        except queue.Empty:
+            dead = [p.name for p in followers if not p.is_alive() and p.exitcode != 0]
+            if dead:
+                raise StageError(f"train: DDP follower(s) {dead} exited non-zero; see the log above") from None
+    return theirs
+
+
 def fit_distributed(strategy: Any, hp: dict[str, Any], on_epoch: Callable[[int, dict[str, float]], None], *,
                     seed: int, nproc: int) -> Any:
     """`strategy.fit(hp, on_epoch, seed=seed)` on `nproc` processes; rank 0's FitResult (the others' models are the
@@ -117,7 +133,7 @@ def fit_distributed(strategy: Any, hp: dict[str, Any], on_epoch: Callable[[int, 
     try:
         result = strategy.fit(hp, on_epoch, seed=seed)
         ours = state_digest(result.model)
-        theirs = dict(digests.get(timeout=600) for _ in followers)
+        theirs = _collect(digests, followers)
     finally:
         dist.destroy_process_group()
         torch.set_num_threads(saved_threads)
