@@ -1,4 +1,5 @@
-"""Training throughput of one MiniLM full fine-tune (sequence length 128) in three setups, on identical data.
+"""Training throughput of one MiniLM (or `--backbone mpnet_base`) full fine-tune (sequence length 128) in three
+setups, on identical data.
 
 - `ours bf16`: `stages.training.loop.fit_epochs`, the loop every strategy trains with (fused AdamW, bf16 autocast, CUDA
   TF32, and on CPU the counter-based dropout of `stages/dropout.py`).
@@ -10,7 +11,8 @@ so tokens/step are exact). The first `--warmup` steps are not timed. A large bf1
 the same run gives the roofline; achieved GFLOP/s use 6 x non-embedding params x tokens (embedding rows are
 gathered, not multiplied, and would inflate the count ~2x for MiniLM). Issue 5's target on CPU: ours >= 1.5x plain fp32.
 
-    .venv/bin/python benchmarks/throughput.py [--threads 2] [--batch-size 16] [--steps 4] [--repeats 3] [--device cpu|cuda]
+    .venv/bin/python benchmarks/throughput.py [--backbone minilm_l6|mpnet_base] [--threads 2] [--batch-size 16]
+        [--steps 4] [--repeats 3] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -58,11 +60,11 @@ def matmul_gflops(dtype, device, *, n: int, reps: int) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def build_model(device):
+def build_model(device, backbone_name: str = SPEC["backbone"]):
     from stages.modalities import get_modality
     from stages.model import Classifier, make_head
 
-    backbone = get_modality("text").build_backbone(SPEC, pretrained=True)
+    backbone = get_modality("text").build_backbone({**SPEC, "backbone": backbone_name}, pretrained=True)
     return Classifier(backbone, make_head(backbone.feature_dim, N_CLASSES, hidden=0, dropout=0.1)).to(device)
 
 
@@ -169,6 +171,8 @@ def run_trainer(model, inputs, labels, *, batch_size: int, steps: int, warmup: i
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--backbone", default=SPEC["backbone"], choices=["minilm_l6", "mpnet_base"],
+                        help="text backbone (mpnet_base: all-mpnet-base-v2, 109.5M parameters)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per setup")
@@ -201,12 +205,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {name}; torch {torch.__version__}")
     print(f"matmul roofline ({n}x{n}): bf16 {roof['bfloat16']:.1f} GFLOP/s, fp32 {roof['float32']:.1f} GFLOP/s")
 
-    pristine = build_model(torch.device("cpu"))
+    pristine = build_model(torch.device("cpu"), args.backbone)
     inputs, labels = make_batches(pristine.backbone.tokenizer, n=(args.steps + args.warmup) * args.batch_size, seed=0)
     params = sum(p.numel() for p in pristine.parameters())
     embedding = sum(p.numel() for name_, p in pristine.named_parameters() if "embeddings" in name_)
     flops_per_sample = 6 * (params - embedding) * SPEC["max_length"]
-    print(f"MiniLM-L6 + linear head: {params / 1e6:.1f}M params ({(params - embedding) / 1e6:.1f}M non-embedding), "
+    print(f"{args.backbone} + linear head: {params / 1e6:.1f}M params ({(params - embedding) / 1e6:.1f}M non-embedding), "
           f"seq {SPEC['max_length']}, batch {args.batch_size}, {args.steps} timed + {args.warmup} warm-up steps")
 
     runs: dict[str, tuple[str, Callable[..., float]]] = {}
