@@ -1,0 +1,241 @@
+"""The `ray` engine: the data stages' heavy steps as Ray Data pipelines over Arrow partitions.
+
+- `map_values`: one `map_batches` task per partition;
+- `group_positions`: a hash shuffle on the key (`groupby(...).map_groups`), only groups of 2+ come back;
+- near duplicates, text: MinHash signatures and LSH band keys as a `map_batches`, one row per (document,
+  band); a shuffle on (band, key) puts each bucket in one task, which verifies its candidate pairs by exact
+  Jaccard right there (in parallel over buckets); only verified pairs (16 bytes each) return to the driver,
+  where clean's union-find builds the clusters. The driver holds O(rows) ids and the verified pair list;
+  the shuffle moves each document once per band;
+- near duplicates, images: pHash and the 16x16 verification thumbnail as a `map_batches`; the 64-bit hashes
+  and thumbnails (2 KiB per image) come back and the all-pairs Hamming scan runs on the driver, as locally;
+- any other modality: its own `near_duplicate_pairs` on the collected payloads.
+
+Every function here returns exactly what `stages.engine.LocalEngine` returns (same signatures from
+stages/dedup.py, same verification, same pair order), so the engine never changes an output.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stages.common import StageError
+from stages.dedup import band_keys, image_pairs, image_signatures, jaccard_pairs, minhash, shingles
+
+# rows per Arrow partition: big enough to amortise a task (~1 ms each), small enough to spread 2+ CPUs
+ROWS_PER_PARTITION = 20_000
+CONNECT_TIMEOUT_S = 5.0
+
+
+@contextmanager
+def ray_engine(params: Any) -> Iterator[RayEngine]:
+    """Join the cluster at `params.address` (null: start a local instance); stop only an instance started here."""
+    import ray
+    import ray.data
+
+    started = False
+    if not ray.is_initialized():
+        _check_reachable(params.address)
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+        if params.address is None:
+            options["num_cpus"] = params.num_cpus
+        else:
+            # a remote cluster's workers import the stages from this checkout, shipped with the job
+            options["runtime_env"] = {"py_modules": [str(Path(__file__).resolve().parents[1])]}
+        try:
+            ray.init(address=params.address, **options)
+        except Exception as exc:  # ray raises ConnectionError, RuntimeError or ValueError depending on the address
+            raise StageError(f"params.yaml: base.engine.address: cannot join a Ray cluster at {params.address!r}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        started = True
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    try:
+        yield RayEngine(cpus=max(1, int(ray.cluster_resources().get("CPU", 1))))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _check_reachable(address: str | None) -> None:
+    """One line naming the address when nothing listens there (ray.init would retry for a minute)."""
+    if address is None or address in ("auto", "local"):
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise StageError(f"params.yaml: base.engine.address: {address!r} is not host:port or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise StageError(f"params.yaml: base.engine.address: no Ray cluster reachable at {address!r} "
+                         f"({exc.strerror or type(exc).__name__})") from None
+
+
+class RayEngine:
+    """The three engine primitives (see stages/engine/__init__.py) on Ray Data."""
+
+    def __init__(self, *, cpus: int) -> None:
+        self.cpus = cpus
+
+    def partitions(self, rows: int) -> int:
+        return max(1, min(rows, max(2 * self.cpus, -(-rows // ROWS_PER_PARTITION))))
+
+    def dataset(self, columns: dict[str, Any]) -> Any:
+        """An Arrow table cut into `partitions` blocks, as a Ray Dataset."""
+        import pyarrow as pa
+        import ray.data
+
+        table = pa.table(columns)
+        step = -(-table.num_rows // self.partitions(table.num_rows)) if table.num_rows else 1
+        return ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)] or [table])
+
+    def map_values(self, fn: Callable[[Any], Any], values: Sequence[Any]) -> list[Any]:
+        import pyarrow as pa
+
+        if not len(values):
+            return []
+        # pickled both ways: payloads of any type (str, bytes, None) and results of any shape travel unchanged
+        ds = self.dataset({"pos": np.arange(len(values), dtype=np.int64),
+                           "value": pa.array([pickle.dumps(v) for v in values], pa.binary())})
+        out: list[Any] = [None] * len(values)
+        mapped = ds.map_batches(_apply, fn_kwargs={"fn": fn}, batch_format="pyarrow")
+        for batch in mapped.iter_batches(batch_format="pyarrow", batch_size=None):
+            for pos, result in zip(batch["pos"].to_pylist(), batch["out"].to_pylist()):
+                out[pos] = pickle.loads(result)
+        return out
+
+    def group_positions(self, keys: Sequence[str | None]) -> list[list[int]]:
+        import pyarrow as pa
+
+        present = [(i, k) for i, k in enumerate(keys) if k is not None]
+        if len(present) < 2:
+            return []
+        ds = self.dataset({"pos": pa.array([i for i, _ in present], pa.int64()),
+                           "key": pa.array([k for _, k in present], pa.string())})
+        grouped = ds.groupby("key", num_partitions=self.partitions(len(present))).map_groups(
+            _repeated, batch_format="pyarrow")
+        groups: dict[int, list[int]] = {}
+        for batch in grouped.iter_batches(batch_format="pyarrow", batch_size=None):
+            for pos, first in zip(batch["pos"].to_pylist(), batch["first"].to_pylist()):
+                groups.setdefault(first, []).append(pos)
+        # the local engine's order: groups by first appearance, members ascending
+        return [sorted(groups[first]) for first in sorted(groups)]
+
+    def near_duplicate_pairs(self, modality: Any, params: Any, payloads: Sequence[Any]) -> np.ndarray:
+        plan = NEAR_DUPLICATE_PLANS.get(modality.name, _collected)
+        return plan(self, modality, params, payloads)
+
+
+# ---------------------------------------------------------------- tasks (run on the workers)
+
+
+def _apply(batch: Any, *, fn: Callable[[Any], Any]) -> Any:
+    import pyarrow as pa
+
+    results = [pickle.dumps(fn(pickle.loads(v))) for v in batch["value"].to_pylist()]
+    return pa.table({"pos": batch["pos"], "out": pa.array(results, pa.binary())})
+
+
+def _repeated(group: Any) -> Any:
+    import pyarrow as pa
+
+    positions = group["pos"].to_pylist() if group.num_rows > 1 else []
+    return pa.table({"pos": pa.array(positions, pa.int64()),
+                     "first": pa.array([min(positions)] * len(positions) if positions else [], pa.int64())})
+
+
+def _band_rows(batch: Any, *, ngram: int, num_perm: int, bands: int, seed: int) -> Any:
+    """One row per (document, band): the band's bucket key, the document's position and text."""
+    import pyarrow as pa
+
+    texts = batch["text"].to_pylist()
+    hashes, offsets = shingles(texts, ngram=ngram)
+    keys = band_keys(minhash(hashes, offsets, num_perm=num_perm, seed=seed), bands=bands)
+    repeat = np.repeat(np.arange(len(texts)), bands)
+    return pa.table({"band": np.tile(np.arange(bands, dtype=np.int32), len(texts)), "key": keys.ravel(),
+                     "pos": batch["pos"].to_numpy()[repeat], "text": batch["text"].take(pa.array(repeat))})
+
+
+def _verified_pairs(bucket: Any, *, ngram: int, threshold: float) -> Any:
+    """Every pair in one LSH bucket whose exact shingle Jaccard reaches `threshold`, as global positions."""
+    import pyarrow as pa
+
+    if bucket.num_rows < 2:
+        return pa.table({"i": pa.array([], pa.int64()), "j": pa.array([], pa.int64())})
+    hashes, offsets = shingles(bucket["text"].to_pylist(), ngram=ngram)
+    left, right = np.triu_indices(bucket.num_rows, k=1)
+    similarity = jaccard_pairs(hashes, offsets, np.stack([left, right], axis=1).astype(np.int64))
+    keep = similarity >= threshold
+    pos = bucket["pos"].to_numpy()
+    a, b = pos[left[keep]], pos[right[keep]]
+    return pa.table({"i": np.minimum(a, b), "j": np.maximum(a, b)})
+
+
+def _image_rows(batch: Any) -> Any:
+    import pyarrow as pa
+
+    hashes, small = image_signatures(batch["payload"].to_pylist())
+    return pa.table({"pos": batch["pos"], "phash": hashes,
+                     "small": pa.array([row.tobytes() for row in small], pa.binary())})
+
+
+# ---------------------------------------------------------------- near-duplicate plans, per modality
+
+
+def _text_pairs(engine: RayEngine, modality: Any, params: Any, payloads: Sequence[str]) -> np.ndarray:
+    import pyarrow as pa
+
+    n = len(payloads)
+    if n < 2:
+        return np.empty((0, 2), dtype=np.int64)
+    nd = params.near_duplicates
+    ds = engine.dataset({"pos": np.arange(n, dtype=np.int64), "text": pa.array(list(payloads), pa.large_string())})
+    rows = ds.map_batches(_band_rows, batch_format="pyarrow",
+                          fn_kwargs={"ngram": nd.ngram, "num_perm": nd.num_perm, "bands": nd.bands, "seed": nd.seed})
+    verified = rows.groupby(["band", "key"], num_partitions=engine.partitions(n)).map_groups(
+        _verified_pairs, batch_format="pyarrow", fn_kwargs={"ngram": nd.ngram, "threshold": nd.threshold})
+    codes = [np.empty(0, dtype=np.int64)]
+    for batch in verified.iter_batches(batch_format="pyarrow", batch_size=None):
+        codes.append(batch["i"].to_numpy() * n + batch["j"].to_numpy())
+    # a pair found in several bands is verified once per band; the local engine's sorted unique pairs remain
+    unique = np.unique(np.concatenate(codes))
+    return np.stack([unique // n, unique % n], axis=1).astype(np.int64)
+
+
+def _image_pairs(engine: RayEngine, modality: Any, params: Any, payloads: Sequence[bytes]) -> np.ndarray:
+    import pyarrow as pa
+
+    n = len(payloads)
+    if n < 2:
+        return np.empty((0, 2), dtype=np.int64)
+    ds = engine.dataset({"pos": np.arange(n, dtype=np.int64), "payload": pa.array(list(payloads), pa.binary())})
+    hashes = np.zeros(n, dtype=np.uint64)
+    small = np.zeros((n, 256), dtype=np.float64)
+    for batch in ds.map_batches(_image_rows, batch_format="pyarrow").iter_batches(batch_format="pyarrow",
+                                                                                   batch_size=None):
+        pos = batch["pos"].to_numpy()
+        hashes[pos] = batch["phash"].to_numpy()
+        small[pos] = np.stack([np.frombuffer(b, dtype=np.float64) for b in batch["small"].to_pylist()])
+    nd = params.near_duplicates
+    pairs, _ = image_pairs(hashes, small, max_distance=nd.max_distance, min_correlation=nd.min_correlation)
+    return pairs
+
+
+def _collected(engine: RayEngine, modality: Any, params: Any, payloads: Sequence[Any]) -> np.ndarray:
+    pairs, _ = modality.near_duplicate_pairs(list(payloads), params)
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+# A modality without a plan here still runs under `ray`: its pairs are computed on the collected payloads.
+NEAR_DUPLICATE_PLANS: dict[str, Callable[[RayEngine, Any, Any, Sequence[Any]], np.ndarray]] = {
+    "text": _text_pairs,
+    "image": _image_pairs,
+}
