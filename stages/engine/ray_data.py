@@ -57,6 +57,9 @@ def ray_engine(params: Any) -> Iterator[RayEngine]:
         started = True
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
+    # sort-based shuffle runs as plain tasks; the default hash shuffle starts aggregator actors per groupby
+    # (measured here: 0.1 s vs 2.7 s for a small groupby), which dominates a stage on one machine
+    context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     context.print_on_execution_start = False
     try:
         yield RayEngine(cpus=max(1, int(ray.cluster_resources().get("CPU", 1))))
@@ -140,7 +143,10 @@ class RayEngine:
 def _apply(batch: Any, *, fn: Callable[[Any], Any]) -> Any:
     import pyarrow as pa
 
-    results = [pickle.dumps(fn(pickle.loads(v))) for v in batch["value"].to_pylist()]
+    from ray import cloudpickle
+
+    # cloudpickle: a stage run as `python -m stages.x` defines its row function and result type in __main__
+    results = [cloudpickle.dumps(fn(pickle.loads(v))) for v in batch["value"].to_pylist()]
     return pa.table({"pos": batch["pos"], "out": pa.array(results, pa.binary())})
 
 
