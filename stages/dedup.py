@@ -122,7 +122,7 @@ def minhash(hashes: np.ndarray, offsets: np.ndarray, *, num_perm: int, seed: int
 def lsh_candidates(signatures: np.ndarray, *, bands: int) -> np.ndarray:
     """Unique candidate pairs (i < j), shape (n, 2): documents equal on every row of some band."""
     n_docs = len(signatures)
-    pairs = [_pairs_in_buckets(key) for key in band_keys(signatures, bands=bands).T]
+    pairs = [pairs_in_buckets(key) for key in band_keys(signatures, bands=bands).T]
     if not pairs:
         return np.empty((0, 2), dtype=np.int64)
     codes = np.unique(np.concatenate(pairs))
@@ -144,7 +144,7 @@ def band_keys(signatures: np.ndarray, *, bands: int) -> np.ndarray:
     return keys
 
 
-def _pairs_in_buckets(key: np.ndarray) -> np.ndarray:
+def pairs_in_buckets(key: np.ndarray) -> np.ndarray:
     """All pairs of positions with equal keys, encoded as i * n + j with i < j.
 
     Vectorised over buckets: step d pairs each sorted position with the one d places later while

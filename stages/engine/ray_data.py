@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from stages.common import StageError
-from stages.dedup import band_keys, image_pairs, image_signatures, jaccard_pairs, minhash, shingles
+from stages.dedup import band_keys, image_pairs, image_signatures, jaccard_pairs, minhash, pairs_in_buckets, shingles
 
 # rows per Arrow partition: big enough to amortise a task (~1 ms each), small enough to spread 2+ CPUs
 ROWS_PER_PARTITION = 20_000
@@ -123,8 +123,9 @@ class RayEngine:
             return []
         ds = self.dataset({"pos": pa.array([i for i, _ in present], pa.int64()),
                            "key": pa.array([k for _, k in present], pa.string())})
-        grouped = ds.groupby("key", num_partitions=self.partitions(len(present))).map_groups(
-            _repeated, batch_format="pyarrow")
+        parts = self.partitions(len(present))
+        grouped = (ds.map_batches(_key_partition, fn_kwargs={"parts": parts}, batch_format="pyarrow")
+                   .groupby("part", num_partitions=parts).map_groups(_repeated, batch_format="pyarrow"))
         groups: dict[int, list[int]] = {}
         for batch in grouped.iter_batches(batch_format="pyarrow", batch_size=None):
             for pos, first in zip(batch["pos"].to_pylist(), batch["first"].to_pylist()):
@@ -150,39 +151,78 @@ def _apply(batch: Any, *, fn: Callable[[Any], Any]) -> Any:
     return pa.table({"pos": batch["pos"], "out": pa.array(results, pa.binary())})
 
 
-def _repeated(group: Any) -> Any:
+def _key_partition(batch: Any, *, parts: int) -> Any:
+    """The shuffle key: a partition number from the key's CRC32, so one task sees every row of a key.
+
+    Grouping by the key itself would call the group function once per distinct key (millions of tiny calls);
+    grouping by `parts` partitions calls it once per partition, which then groups its rows vectorised.
+    """
+    import zlib
+
     import pyarrow as pa
 
-    positions = group["pos"].to_pylist() if group.num_rows > 1 else []
-    return pa.table({"pos": pa.array(positions, pa.int64()),
-                     "first": pa.array([min(positions)] * len(positions) if positions else [], pa.int64())})
+    parts_of = [zlib.crc32(k.encode()) % parts for k in batch["key"].to_pylist()]
+    return batch.append_column("part", pa.array(parts_of, pa.int32()))
 
 
-def _band_rows(batch: Any, *, ngram: int, num_perm: int, bands: int, seed: int) -> Any:
-    """One row per (document, band): the band's bucket key, the document's position and text."""
+def _repeated(partition: Any) -> Any:
+    """Rows of this partition whose key occurs more than once, each with its group's first position."""
+    import pyarrow as pa
+
+    frame = partition.select(["pos", "key"]).to_pandas()
+    by_key = frame.groupby("key")["pos"]
+    size, first = by_key.transform("size").to_numpy(), by_key.transform("min").to_numpy()
+    repeated = size > 1
+    return pa.table({"pos": frame["pos"].to_numpy()[repeated].astype(np.int64),
+                     "first": first[repeated].astype(np.int64)})
+
+
+def _band_rows(batch: Any, *, ngram: int, num_perm: int, bands: int, seed: int, parts: int) -> Any:
+    """One row per (document, band): the band's bucket key, its shuffle partition, the document's position and text."""
     import pyarrow as pa
 
     texts = batch["text"].to_pylist()
     hashes, offsets = shingles(texts, ngram=ngram)
-    keys = band_keys(minhash(hashes, offsets, num_perm=num_perm, seed=seed), bands=bands)
+    keys = band_keys(minhash(hashes, offsets, num_perm=num_perm, seed=seed), bands=bands).ravel()
     repeat = np.repeat(np.arange(len(texts)), bands)
-    return pa.table({"band": np.tile(np.arange(bands, dtype=np.int32), len(texts)), "key": keys.ravel(),
+    # the keys are splitmix64 outputs, uniform: their residue spreads the buckets evenly over the partitions
+    return pa.table({"part": (keys % np.uint64(parts)).astype(np.int32),
+                     "band": np.tile(np.arange(bands, dtype=np.int32), len(texts)), "key": keys,
                      "pos": batch["pos"].to_numpy()[repeat], "text": batch["text"].take(pa.array(repeat))})
 
 
-def _verified_pairs(bucket: Any, *, ngram: int, threshold: float) -> Any:
-    """Every pair in one LSH bucket whose exact shingle Jaccard reaches `threshold`, as global positions."""
+def _verified_pairs(partition: Any, *, ngram: int, threshold: float) -> Any:
+    """The pairs sharing a (band, key) bucket in this partition whose exact shingle Jaccard reaches `threshold`.
+
+    Global positions, i < j. Candidates are found per band with the local engine's `pairs_in_buckets`.
+    """
     import pyarrow as pa
 
-    if bucket.num_rows < 2:
+    band, key, pos = (partition[c].to_numpy() for c in ("band", "key", "pos"))
+    n = len(pos)
+    codes = [np.empty(0, dtype=np.int64)]
+    for b in np.unique(band):
+        rows = np.flatnonzero(band == b)
+        local = pairs_in_buckets(key[rows])
+        codes.append(rows[local // len(rows)] * n + rows[local % len(rows)])
+    codes = np.concatenate(codes)
+    if not len(codes):
         return pa.table({"i": pa.array([], pa.int64()), "j": pa.array([], pa.int64())})
-    hashes, offsets = shingles(bucket["text"].to_pylist(), ngram=ngram)
-    left, right = np.triu_indices(bucket.num_rows, k=1)
-    similarity = jaccard_pairs(hashes, offsets, np.stack([left, right], axis=1).astype(np.int64))
-    keep = similarity >= threshold
-    pos = bucket["pos"].to_numpy()
-    a, b = pos[left[keep]], pos[right[keep]]
-    return pa.table({"i": np.minimum(a, b), "j": np.maximum(a, b)})
+    # a document pair sharing several bands in this partition is verified once
+    row_pairs = np.stack([codes // n, codes % n], axis=1)
+    swap = pos[row_pairs[:, 0]] > pos[row_pairs[:, 1]]
+    row_pairs[swap] = row_pairs[swap][:, ::-1]
+    doc_pairs, first = np.unique(pos[row_pairs], axis=0, return_index=True)
+    row_pairs = row_pairs[first]
+    left, right = doc_pairs[:, 0], doc_pairs[:, 1]
+    # one text per document, shingled once
+    documents, first_row = np.unique(doc_pairs.ravel(), return_index=True)
+    rows_of = row_pairs.ravel()[first_row]
+    texts = partition["text"].take(pa.array(rows_of)).to_pylist()
+    hashes, offsets = shingles(texts, ngram=ngram)
+    pairs = np.stack([np.searchsorted(documents, left), np.searchsorted(documents, right)], axis=1).astype(np.int64)
+    keep = jaccard_pairs(hashes, offsets, pairs) >= threshold
+    return pa.table({"i": left[keep], "j": right[keep]})
 
 
 def _image_rows(batch: Any) -> Any:
@@ -204,9 +244,10 @@ def _text_pairs(engine: RayEngine, modality: Any, params: Any, payloads: Sequenc
         return np.empty((0, 2), dtype=np.int64)
     nd = params.near_duplicates
     ds = engine.dataset({"pos": np.arange(n, dtype=np.int64), "text": pa.array(list(payloads), pa.large_string())})
-    rows = ds.map_batches(_band_rows, batch_format="pyarrow",
-                          fn_kwargs={"ngram": nd.ngram, "num_perm": nd.num_perm, "bands": nd.bands, "seed": nd.seed})
-    verified = rows.groupby(["band", "key"], num_partitions=engine.partitions(n)).map_groups(
+    parts = engine.partitions(n * nd.bands)
+    rows = ds.map_batches(_band_rows, batch_format="pyarrow", fn_kwargs={
+        "ngram": nd.ngram, "num_perm": nd.num_perm, "bands": nd.bands, "seed": nd.seed, "parts": parts})
+    verified = rows.groupby("part", num_partitions=parts).map_groups(
         _verified_pairs, batch_format="pyarrow", fn_kwargs={"ngram": nd.ngram, "threshold": nd.threshold})
     codes = [np.empty(0, dtype=np.int64)]
     for batch in verified.iter_batches(batch_format="pyarrow", batch_size=None):
