@@ -63,9 +63,12 @@ def built(tmp_path_factory, ray_engine):
     dvc(["repro", *targets], repo)
     local = {name: md5(repo / name) for name in OUTPUTS}
 
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline: local engine"], repo)
+    # the switch as a DVC experiment: `dvc exp run -S` on the same targets
     address = ray.get_runtime_context().gcs_address
-    edit_params(repo, lambda p: p["base"]["engine"].update(kind="ray", address=address))
-    second = dvc(["repro", *targets], repo)
+    second = dvc(["exp", "run", "-n", "on-ray", "-S", "base.engine.kind=ray", "-S", f"base.engine.address={address}",
+                  *targets], repo)
     return repo, local, second
 
 
@@ -75,6 +78,17 @@ def test_ray_engine_reruns_clean_with_identical_outputs(built):
     assert {name: md5(repo / name) for name in OUTPUTS} == local
     clean = json.loads((repo / "metrics/spam/clean.json").read_text())
     assert clean["rows_kept"] > 0 and clean["rows_in"] == clean["rows_kept"] + clean["rows_quarantined"]
+
+
+def test_dvc_exp_show_lists_the_experiment_with_its_metrics(built):
+    repo, _, _ = built
+    shown = json.loads(dvc(["exp", "show", "--json"], repo).stdout)
+    experiments = [exp for commit in shown for exp in (commit.get("experiments") or [])
+                   for rev in exp["revs"] if rev.get("name") == "on-ray"]
+    assert experiments, shown
+    data = experiments[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["base"]["engine"]["kind"] == "ray"
+    assert data["metrics"]["metrics/spam/clean.json"]["data"] == json.loads((repo / "metrics/spam/clean.json").read_text())
 
 
 @pytest.mark.parametrize("task,modality", [("spam", "text"), ("animals", "image")])
