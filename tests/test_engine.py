@@ -138,3 +138,19 @@ def test_unknown_engine_kind_names_the_known_ones():
     with pytest.raises(StageError, match=r"base.engine.kind: 'spark' is not one of \['local', 'ray'\]"):
         with open_engine(EngineParams(kind="spark", address=None, num_cpus=None)):
             pass
+
+
+def test_encoder_features_on_an_actor_pool_are_identical(built, ray_engine):
+    """label's features under ray: one chunk per encoder batch on an actor pool, bit for bit the local features."""
+    import numpy as np
+
+    from stages.common import load_params
+    from stages.labeling.features import extract
+    from stages.modalities import get_modality
+
+    repo, _, _ = built
+    spec = dict(load_params(repo / "params.yaml")["label"]["encoder"]["image"])
+    images = list(pd.read_parquet(repo / "data/animals/clean.parquet")["image"][:40])
+    local = extract(get_modality("image"), spec, images, batch_size=16)
+    distributed = extract(get_modality("image"), spec, images, batch_size=16, engine=ray_engine)
+    assert local.shape == distributed.shape == (40, local.shape[1]) and np.array_equal(local, distributed)

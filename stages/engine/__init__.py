@@ -7,7 +7,10 @@ engine once (`open_engine`) and hands it to its pure core, which calls three pri
   content hash, split's hash assignment);
 - `group_positions(keys)`: positions sharing a non-null key, groups of two or more (clean's exact duplicates);
 - `near_duplicate_pairs(modality, params, payloads)`: the verified near-duplicate pairs that
-  `modality.near_duplicate_pairs` returns, as the same sorted array.
+  `modality.near_duplicate_pairs` returns, as the same sorted array;
+- `map_chunks(setup, values, chunk_size=...)`: `setup()` once per worker (a model, say), then the function it
+  returns on consecutive chunks of `values`, results in order (label's encoder features: one chunk is one
+  encoder batch, so every row is encoded in the same batch as locally).
 
 Every primitive returns exactly what the local one returns, so outputs, metrics and quarantine rows do not
 depend on the engine; only where the work runs does. The core keeps everything else (which row wins, which
@@ -34,15 +37,22 @@ class EngineParams:
 
 
 class Engine(Protocol):
+    distributed: bool                # False: everything runs in this process (progress bars, no serialisation)
+
     def map_values(self, fn: Callable[[Any], Any], values: Sequence[Any]) -> list[Any]: ...
 
     def group_positions(self, keys: Sequence[str | None]) -> list[list[int]]: ...
 
     def near_duplicate_pairs(self, modality: Any, params: Any, payloads: Sequence[Any]) -> np.ndarray: ...
 
+    def map_chunks(self, setup: Callable[[], Callable[[list[Any]], Any]], values: Sequence[Any], *,
+                   chunk_size: int) -> list[Any]: ...
+
 
 class LocalEngine:
     """Today's behaviour: every step in this process."""
+
+    distributed = False
 
     def map_values(self, fn: Callable[[Any], Any], values: Sequence[Any]) -> list[Any]:
         return [fn(v) for v in values]
@@ -57,6 +67,13 @@ class LocalEngine:
     def near_duplicate_pairs(self, modality: Any, params: Any, payloads: Sequence[Any]) -> np.ndarray:
         pairs, _ = modality.near_duplicate_pairs(list(payloads), params)
         return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+    def map_chunks(self, setup: Callable[[], Callable[[list[Any]], Any]], values: Sequence[Any], *,
+                   chunk_size: int) -> list[Any]:
+        if not len(values):
+            return []
+        fn = setup()
+        return [fn(list(values[i:i + chunk_size])) for i in range(0, len(values), chunk_size)]
 
 
 LOCAL = LocalEngine()

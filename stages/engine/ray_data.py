@@ -9,7 +9,9 @@
   the shuffle moves each document once per band;
 - near duplicates, images: pHash and the 16x16 verification thumbnail as a `map_batches`; the 64-bit hashes
   and thumbnails (2 KiB per image) come back and the all-pairs Hamming scan runs on the driver, as locally;
-- any other modality: its own `near_duplicate_pairs` on the collected payloads.
+- any other modality: its own `near_duplicate_pairs` on the collected payloads;
+- `map_chunks` (label's encoder features): `map_batches` over an actor pool, one chunk per call, each actor
+  building its model once; one GPU per actor where the cluster has GPUs, else one CPU.
 
 Every function here returns exactly what `stages.engine.LocalEngine` returns (same signatures from
 stages/dedup.py, same verification, same pair order), so the engine never changes an output.
@@ -83,7 +85,9 @@ def _check_reachable(address: str | None) -> None:
 
 
 class RayEngine:
-    """The three engine primitives (see stages/engine/__init__.py) on Ray Data."""
+    """The engine primitives (see stages/engine/__init__.py) on Ray Data."""
+
+    distributed = True
 
     def __init__(self, *, cpus: int) -> None:
         self.cpus = cpus
@@ -137,6 +141,28 @@ class RayEngine:
         plan = NEAR_DUPLICATE_PLANS.get(modality.name, _collected)
         return plan(self, modality, params, payloads)
 
+    def map_chunks(self, setup: Callable[[], Callable[[list[Any]], Any]], values: Sequence[Any], *,
+                   chunk_size: int) -> list[Any]:
+        import pyarrow as pa
+        import ray
+        import ray.data
+
+        if not len(values):
+            return []
+        chunks = [pickle.dumps(list(values[i:i + chunk_size])) for i in range(0, len(values), chunk_size)]
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        actors = max(1, min(len(chunks), gpus or self.cpus))
+        table = pa.table({"pos": np.arange(len(chunks), dtype=np.int64), "value": pa.array(chunks, pa.binary())})
+        ds = ray.data.from_arrow([table.slice(i, 1) for i in range(len(chunks))])  # a block per chunk
+        mapped = ds.map_batches(_ChunkActor, fn_constructor_kwargs={"setup": setup}, batch_size=1,
+                                batch_format="pyarrow", concurrency=actors,
+                                **({"num_gpus": 1} if gpus else {"num_cpus": 1}))
+        out: list[Any] = [None] * len(chunks)
+        for batch in mapped.iter_batches(batch_format="pyarrow", batch_size=None):
+            for pos, result in zip(batch["pos"].to_pylist(), batch["out"].to_pylist()):
+                out[pos] = pickle.loads(result)
+        return out
+
 
 # ---------------------------------------------------------------- tasks (run on the workers)
 
@@ -163,6 +189,20 @@ def _key_partition(batch: Any, *, parts: int) -> Any:
 
     parts_of = [zlib.crc32(k.encode()) % parts for k in batch["key"].to_pylist()]
     return batch.append_column("part", pa.array(parts_of, pa.int32()))
+
+
+class _ChunkActor:
+    """An actor of the pool: `setup()` once (loads the model), then one chunk per call."""
+
+    def __init__(self, setup: Callable[[], Callable[[list[Any]], Any]]) -> None:
+        self.fn = setup()
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+        from ray import cloudpickle
+
+        results = [cloudpickle.dumps(self.fn(pickle.loads(v))) for v in batch["value"].to_pylist()]
+        return pa.table({"pos": batch["pos"], "out": pa.array(results, pa.binary())})
 
 
 def _repeated(partition: Any) -> Any:
