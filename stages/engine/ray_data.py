@@ -1,6 +1,7 @@
 """The `ray` engine: the data stages' heavy steps as Ray Data pipelines over Arrow partitions.
 
-- `map_values`: one `map_batches` task per partition;
+- `map_values`: one `map_batches` task per partition; the partitions travel through the object store
+  (`ray.put`) and the results back as Ray Data object columns: no hand-made serialisation;
 - `group_positions`: a hash shuffle on the key (`groupby(...).map_groups`), only groups of 2+ come back;
 - near duplicates, text: MinHash signatures and LSH band keys as a `map_batches`, one row per (document,
   band); a shuffle on (band, key) puts each bucket in one task, which verifies its candidate pairs by exact
@@ -19,7 +20,6 @@ stages/dedup.py, same verification, same pair order), so the engine never change
 
 from __future__ import annotations
 
-import pickle
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -105,18 +105,31 @@ class RayEngine:
         return ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)] or [table])
 
     def map_values(self, fn: Callable[[Any], Any], values: Sequence[Any]) -> list[Any]:
-        import pyarrow as pa
-
         if not len(values):
             return []
-        # pickled both ways: payloads of any type (str, bytes, None) and results of any shape travel unchanged
-        ds = self.dataset({"pos": np.arange(len(values), dtype=np.int64),
-                           "value": pa.array([pickle.dumps(v) for v in values], pa.binary())})
-        out: list[Any] = [None] * len(values)
-        mapped = ds.map_batches(_apply, fn_kwargs={"fn": fn}, batch_format="pyarrow")
-        for batch in mapped.iter_batches(batch_format="pyarrow", batch_size=None):
-            for pos, result in zip(batch["pos"].to_pylist(), batch["out"].to_pylist()):
-                out[pos] = pickle.loads(result)
+        step = -(-len(values) // self.partitions(len(values)))
+        chunks = [list(values[i:i + step]) for i in range(0, len(values), step)]
+        return [result for results in self.chunked(_apply, chunks, fn_kwargs={"fn": fn}) for result in results]
+
+    def chunked(self, udf: Any, chunks: list[list[Any]], **options: Any) -> list[list[Any]]:
+        """`udf` over chunks of Python values, one dataset row per chunk; each chunk's results, in order.
+
+        The chunks travel through Ray's object store (`ray.put`) and the results as Ray Data object columns, so
+        payloads of any type (str, bytes, None, NaN) reach the function exactly as the local engine passes them.
+        """
+        import pyarrow as pa
+        import ray
+        import ray.data
+
+        refs = [ray.put(chunk) for chunk in chunks]
+        table = pa.table({"chunk": np.arange(len(chunks), dtype=np.int64)})
+        ds = ray.data.from_arrow([table.slice(i, 1) for i in range(len(chunks))])  # a block per chunk
+        fn_kwargs = {**options.pop("fn_kwargs", {}), "refs": refs}
+        mapped = ds.map_batches(udf, batch_size=1, batch_format="numpy", fn_kwargs=fn_kwargs, **options)
+        out: list[list[Any]] = [[None] * len(chunk) for chunk in chunks]
+        for batch in mapped.iter_batches(batch_format="numpy", batch_size=None):
+            for chunk, item, result in zip(batch["chunk"], batch["item"], batch["out"]):
+                out[int(chunk)][int(item)] = result
         return out
 
     def group_positions(self, keys: Sequence[str | None]) -> list[list[int]]:
@@ -143,38 +156,36 @@ class RayEngine:
 
     def map_chunks(self, setup: Callable[[], Callable[[list[Any]], Any]], values: Sequence[Any], *,
                    chunk_size: int) -> list[Any]:
-        import pyarrow as pa
         import ray
-        import ray.data
 
         if not len(values):
             return []
-        chunks = [pickle.dumps(list(values[i:i + chunk_size])) for i in range(0, len(values), chunk_size)]
+        chunks = [[list(values[i:i + chunk_size])] for i in range(0, len(values), chunk_size)]
         gpus = int(ray.cluster_resources().get("GPU", 0))
         actors = max(1, min(len(chunks), gpus or self.cpus))
-        table = pa.table({"pos": np.arange(len(chunks), dtype=np.int64), "value": pa.array(chunks, pa.binary())})
-        ds = ray.data.from_arrow([table.slice(i, 1) for i in range(len(chunks))])  # a block per chunk
-        mapped = ds.map_batches(_ChunkActor, fn_constructor_kwargs={"setup": setup}, batch_size=1,
-                                batch_format="pyarrow", concurrency=actors,
-                                **({"num_gpus": 1} if gpus else {"num_cpus": 1}))
-        out: list[Any] = [None] * len(chunks)
-        for batch in mapped.iter_batches(batch_format="pyarrow", batch_size=None):
-            for pos, result in zip(batch["pos"].to_pylist(), batch["out"].to_pylist()):
-                out[pos] = pickle.loads(result)
-        return out
+        # the actors hold every CPU (or GPU) while they live: nothing else may sit in this pipeline, or it waits
+        per_chunk = self.chunked(_ChunkActor, chunks, fn_constructor_kwargs={"setup": setup}, concurrency=actors,
+                                 **({"num_gpus": 1} if gpus else {"num_cpus": 1}))
+        return [results[0] for results in per_chunk]
 
 
 # ---------------------------------------------------------------- tasks (run on the workers)
 
 
-def _apply(batch: Any, *, fn: Callable[[Any], Any]) -> Any:
-    import pyarrow as pa
+def _objects(items: list[Any]) -> np.ndarray:
+    """A 1-d object array of `items` (np.array would turn a list of tuples or arrays into a 2-d array)."""
+    out = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        out[i] = item
+    return out
 
-    from ray import cloudpickle
 
-    # cloudpickle: a stage run as `python -m stages.x` defines its row function and result type in __main__
-    results = [cloudpickle.dumps(fn(pickle.loads(v))) for v in batch["value"].to_pylist()]
-    return pa.table({"pos": batch["pos"], "out": pa.array(results, pa.binary())})
+def _apply(batch: dict[str, np.ndarray], *, fn: Callable[[Any], Any], refs: list[Any]) -> dict[str, np.ndarray]:
+    import ray
+
+    (chunk,) = batch["chunk"]
+    results = [fn(value) for value in ray.get(refs[chunk])]
+    return {"chunk": np.full(len(results), chunk), "item": np.arange(len(results)), "out": _objects(results)}
 
 
 def _key_partition(batch: Any, *, parts: int) -> Any:
@@ -197,12 +208,8 @@ class _ChunkActor:
     def __init__(self, setup: Callable[[], Callable[[list[Any]], Any]]) -> None:
         self.fn = setup()
 
-    def __call__(self, batch: Any) -> Any:
-        import pyarrow as pa
-        from ray import cloudpickle
-
-        results = [cloudpickle.dumps(self.fn(pickle.loads(v))) for v in batch["value"].to_pylist()]
-        return pa.table({"pos": batch["pos"], "out": pa.array(results, pa.binary())})
+    def __call__(self, batch: dict[str, np.ndarray], *, refs: list[Any]) -> dict[str, np.ndarray]:
+        return _apply(batch, fn=self.fn, refs=refs)
 
 
 def _repeated(partition: Any) -> Any:
