@@ -154,3 +154,63 @@ def test_encoder_features_on_an_actor_pool_are_identical(built, ray_engine):
     local = extract(get_modality("image"), spec, images, batch_size=16)
     distributed = extract(get_modality("image"), spec, images, batch_size=16, engine=ray_engine)
     assert local.shape == distributed.shape == (40, local.shape[1]) and np.array_equal(local, distributed)
+
+
+def test_a_ray_worker_killed_mid_stage_completes_identically_or_fails_in_one_line(built, tmp_path):
+    """kill -9 of a busy Ray worker while clean runs: Ray Data retries the task (same outputs as local), or the
+    stage stops with one line and writes nothing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    import ray
+
+    from tests.pipeline_utils import env
+
+    repo, _, _ = built
+    import random
+
+    raw = pd.read_parquet(repo / "data/spam/raw.parquet")
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(6)) for _ in range(3000)]
+    # 10k distinct random-word texts: seconds of work for clean, so the kill lands while workers are busy
+    big = pd.DataFrame([raw.iloc[i % len(raw)] for i in range(10_000)]).reset_index(drop=True)
+    big["id"] = [f"{i:06d}" for i in range(len(big))]
+    big["text"] = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(len(big))]
+    big.to_parquet(tmp_path / "raw.parquet", index=False)
+
+    def command(name: str) -> list[str]:
+        return [sys.executable, "-m", "stages.clean", "spam", "--in", str(tmp_path / "raw.parquet"),
+                "--out", str(tmp_path / f"{name}.parquet"), "--quarantine", str(tmp_path / f"{name}.q.parquet"),
+                "--metrics", str(tmp_path / f"{name}.json")]
+
+    edit_params(repo, lambda p: p["base"]["engine"].update(kind="local", address=None))
+    run(command("local"), repo)
+    edit_params(repo, lambda p: p["base"]["engine"].update(kind="ray", address=ray.get_runtime_context().gcs_address))
+    stage = subprocess.Popen(command("ray"), cwd=repo, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and stage.poll() is None and time.monotonic() < deadline:
+        for child in psutil.Process().children(recursive=True):  # this module's Ray instance: its workers
+            try:
+                title = " ".join(child.cmdline())
+            except psutil.Error:
+                continue
+            if title.startswith("ray::MapBatches"):
+                os.kill(child.pid, signal.SIGKILL)
+                killed = title
+                break
+        time.sleep(0.02)
+    _, err = stage.communicate(timeout=300)
+    assert killed, "no busy Ray worker was seen"
+    print(f"killed {killed.split()[0]}: stage exit {stage.returncode}")
+    if stage.returncode == 0:
+        for suffix in (".parquet", ".q.parquet", ".json"):
+            assert md5(tmp_path / f"ray{suffix}") == md5(tmp_path / f"local{suffix}"), suffix
+    else:
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: ray: "), err
+        assert not any((tmp_path / f"ray{suffix}").exists() for suffix in (".parquet", ".q.parquet", ".json"))

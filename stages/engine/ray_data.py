@@ -63,8 +63,13 @@ def ray_engine(params: Any) -> Iterator[RayEngine]:
     # (measured here: 0.1 s vs 2.7 s for a small groupby), which dominates a stage on one machine
     context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     context.print_on_execution_start = False
+    lost = (ray.exceptions.WorkerCrashedError, ray.exceptions.ActorDiedError, ray.exceptions.NodeDiedError,
+            ray.exceptions.ObjectLostError, ray.exceptions.RaySystemError, ray.exceptions.OutOfMemoryError)
     try:
         yield RayEngine(cpus=max(1, int(ray.cluster_resources().get("CPU", 1))))
+    except lost as exc:  # retries exhausted: the stage has written nothing yet (outputs are written after the core)
+        raise StageError(f"ray: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'worker lost'} "
+                         "(nothing written; rerun the stage)") from None
     finally:
         if started:
             ray.shutdown()
