@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -32,6 +33,7 @@ from stages.common import (
     write_parquet,
 )
 from stages.dedup import clusters as cluster_roots
+from stages.engine import LOCAL, Engine, engine_params, open_engine
 from stages.modalities import Modality, modality_section, task_modality
 
 NEAR_DEDUP_MODES = ("quarantine", "mark", "off")
@@ -52,8 +54,12 @@ class CleanResult:
 
 
 def clean(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, exact_dedup: bool,
-          near_dedup: str) -> CleanResult:
-    """Normalise each payload, quarantine invalid rows, exact and near duplicates (keeping the smallest id)."""
+          near_dedup: str, engine: Engine = LOCAL) -> CleanResult:
+    """Normalise each payload, quarantine invalid rows, exact and near duplicates (keeping the smallest id).
+
+    `engine` runs the per-row work, the grouping by content hash and the near-duplicate pairs (this process,
+    or Ray Data); which row wins and why is decided here, so the result does not depend on it.
+    """
     if near_dedup not in NEAR_DEDUP_MODES:
         raise StageError(f"params.yaml: clean.near_dedup: {near_dedup!r} is not one of {list(NEAR_DEDUP_MODES)}")
     column = modality.payload_column
@@ -67,34 +73,29 @@ def clean(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, exac
     redacted: dict[int, Any] = {}  # personal_data rows are quarantined redacted: raw personal data stays in raw
 
     seen_ids: set[str] = set()
-    for i, (row_id, payload) in enumerate(zip(frame["id"], frame[column])):
+    todo: list[int] = []
+    for i, row_id in enumerate(frame["id"]):
         if row_id in seen_ids:
             reasons[i] = "duplicate_id"
             continue
         seen_ids.add(row_id)
-        normalised[i], reasons[i] = modality.normalise(payload, modality_params)
-        if reasons[i] is None:
-            scrubbed, found, reasons[i] = modality.personal_data(normalised[i], modality_params)
-            if found:
-                rows_with_personal += 1
-                for kind, n in found.items():
-                    personal[kind] = personal.get(kind, 0) + n
-            if reasons[i] is None:
-                normalised[i] = scrubbed
-            else:
-                normalised[i], redacted[i] = None, scrubbed
+        todo.append(i)
+    payloads = list(frame[column])
+    hashes: list[str | None] = [None] * len(frame)
+    checked = engine.map_values(partial(_check_row, modality, modality_params), [payloads[i] for i in todo])
+    for i, row in zip(todo, checked):
+        normalised[i], reasons[i], hashes[i] = row.payload, row.reason, row.content_hash
+        if row.personal:
+            rows_with_personal += 1
+            for kind, n in row.personal.items():
+                personal[kind] = personal.get(kind, 0) + n
+        if row.quarantined_redacted:
+            redacted[i] = row.redacted
 
-    hashes = [modality.content_hash(p) if r is None else None for p, r in zip(normalised, reasons)]
     clusters = 0
     conflicting = 0
     if exact_dedup:
-        groups: dict[str, list[int]] = {}
-        for i, digest in enumerate(hashes):
-            if digest is not None:
-                groups.setdefault(digest, []).append(i)
-        for members in groups.values():
-            if len(members) < 2:
-                continue
+        for members in engine.group_positions(hashes):
             clusters += 1
             keeper = min(members, key=lambda i: frame.at[i, "id"])
             if frame.loc[members, "label"].nunique(dropna=False) > 1:
@@ -110,7 +111,7 @@ def clean(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, exac
     if near_dedup != "off":
         survivors = [i for i, r in enumerate(reasons) if r is None]
         near = _near_duplicates(frame, survivors, [normalised[i] for i in survivors], modality, modality_params,
-                                near_of, cluster_id)
+                                near_of, cluster_id, engine)
         if near_dedup == "quarantine":
             for i in survivors:
                 if near_of[i] is not None:
@@ -150,11 +151,36 @@ def clean(frame: pd.DataFrame, modality: Modality, modality_params: Any, *, exac
     return CleanResult(kept.reset_index(drop=True), quarantine.reset_index(drop=True), metrics)
 
 
+class RowCheck(NamedTuple):
+    payload: Any                     # normalised (and redacted) payload; None when quarantined
+    reason: str | None
+    personal: dict[str, int]         # personal data found, per kind
+    quarantined_redacted: bool       # quarantined for personal data: the quarantine gets `redacted`, not the raw row
+    redacted: Any
+    content_hash: str | None
+
+
+def _check_row(modality: Modality, modality_params: Any, payload: Any) -> RowCheck:
+    """One row's normalisation, personal-data check and content hash (a pure map: the engine may run it anywhere)."""
+    normalised, reason = modality.normalise(payload, modality_params)
+    if reason is not None:
+        return RowCheck(normalised, reason, {}, False, None, None)
+    scrubbed, found, reason = modality.personal_data(normalised, modality_params)
+    if reason is not None:
+        return RowCheck(None, reason, found, True, scrubbed, None)
+    return RowCheck(scrubbed, None, found, False, None, modality.content_hash(scrubbed))
+
+
 def _near_duplicates(frame: pd.DataFrame, rows: list[int], payloads: list[Any], modality: Modality,
-                     modality_params: Any, near_of: list[str | None], cluster_id: list[str | None]) -> dict[str, int]:
-    """Fill `near_of` and `cluster_id` for `rows` in place; return the cluster metrics."""
+                     modality_params: Any, near_of: list[str | None], cluster_id: list[str | None],
+                     engine: Engine) -> dict[str, int]:
+    """Fill `near_of` and `cluster_id` for `rows` in place; return the cluster metrics.
+
+    The clusters are built here from the collected pair list (union-find over the surviving rows): memory
+    O(survivors + verified pairs), a few dozen bytes each, whichever engine found the pairs.
+    """
     ids = [str(frame.at[i, "id"]) for i in rows]
-    pairs, _ = modality.near_duplicate_pairs(payloads, modality_params)
+    pairs = engine.near_duplicate_pairs(modality, modality_params, payloads)
     roots = cluster_roots(ids, pairs)
     members: dict[int, list[int]] = {}
     for position, root in enumerate(roots):
@@ -186,8 +212,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     frame = read_parquet(args.inp)
     if modality.payload_column not in frame.columns:
         raise StageError(f"{args.inp}: column {modality.payload_column!r} missing for modality {modality.name!r}")
-    result = clean(frame, modality, modality.clean_params(modality_values), exact_dedup=cp.exact_dedup,
-                   near_dedup=cp.near_dedup)
+    with open_engine(engine_params(params)) as engine:
+        result = clean(frame, modality, modality.clean_params(modality_values), exact_dedup=cp.exact_dedup,
+                       near_dedup=cp.near_dedup, engine=engine)
     contracts.check(result.kept, "clean", where=args.out)
     write_parquet(args.quarantine, result.quarantine)
     write_parquet(args.out, result.kept)

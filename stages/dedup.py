@@ -121,23 +121,30 @@ def minhash(hashes: np.ndarray, offsets: np.ndarray, *, num_perm: int, seed: int
 
 def lsh_candidates(signatures: np.ndarray, *, bands: int) -> np.ndarray:
     """Unique candidate pairs (i < j), shape (n, 2): documents equal on every row of some band."""
-    n_docs, num_perm = signatures.shape
-    if num_perm % bands:
-        raise ValueError(f"num_perm {num_perm} is not a multiple of bands {bands}")
-    rows = num_perm // bands
-    pairs = []
-    for band in range(bands):
-        key = np.zeros(n_docs, dtype=np.uint64)
-        for col in signatures[:, band * rows:(band + 1) * rows].T:
-            key = _splitmix64(key ^ col.astype(np.uint64))
-        pairs.append(_pairs_in_buckets(key))
+    n_docs = len(signatures)
+    pairs = [pairs_in_buckets(key) for key in band_keys(signatures, bands=bands).T]
     if not pairs:
         return np.empty((0, 2), dtype=np.int64)
     codes = np.unique(np.concatenate(pairs))
     return np.stack([codes // n_docs, codes % n_docs], axis=1) if n_docs else np.empty((0, 2), dtype=np.int64)
 
 
-def _pairs_in_buckets(key: np.ndarray) -> np.ndarray:
+def band_keys(signatures: np.ndarray, *, bands: int) -> np.ndarray:
+    """One 64-bit bucket key per document and band, shape (n_docs, bands): a row of the signature band, hashed."""
+    n_docs, num_perm = signatures.shape
+    if num_perm % bands:
+        raise ValueError(f"num_perm {num_perm} is not a multiple of bands {bands}")
+    rows = num_perm // bands
+    keys = np.zeros((n_docs, bands), dtype=np.uint64)
+    for band in range(bands):
+        key = keys[:, band]
+        for col in signatures[:, band * rows:(band + 1) * rows].T:
+            key = _splitmix64(key ^ col.astype(np.uint64))
+        keys[:, band] = key
+    return keys
+
+
+def pairs_in_buckets(key: np.ndarray) -> np.ndarray:
     """All pairs of positions with equal keys, encoded as i * n + j with i < j.
 
     Vectorised over buckets: step d pairs each sorted position with the one d places later while
@@ -265,10 +272,26 @@ def image_near_duplicates(payloads: Sequence[bytes], *, max_distance: int,
     """
     if len(payloads) < 2:
         return np.empty((0, 2), dtype=np.int64), np.empty(0)
-    pairs, _ = hamming_pairs(phash(thumbnails(payloads, side=32)), max_distance=max_distance)
+    hashes, small = image_signatures(payloads)
+    return image_pairs(hashes, small, max_distance=max_distance, min_correlation=min_correlation)
+
+
+def image_signatures(payloads: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: its pHash (n,) uint64 and its brightness-normalised 16x16 thumbnail (n, 256) float64.
+
+    Row by row, so a batch of images gives the same rows as the whole table (the `ray` engine maps it).
+    """
+    hashes = phash(thumbnails(payloads, side=32))
     small = thumbnails(payloads, side=16).reshape(len(payloads), -1).astype(np.float64)
     small -= small.mean(axis=1, keepdims=True)
     small /= np.maximum(np.linalg.norm(small, axis=1, keepdims=True), 1e-9)
+    return hashes, small
+
+
+def image_pairs(hashes: np.ndarray, small: np.ndarray, *, max_distance: int,
+                min_correlation: float) -> tuple[np.ndarray, np.ndarray]:
+    """`image_near_duplicates` from the signatures: pHash candidates verified by thumbnail correlation."""
+    pairs, _ = hamming_pairs(hashes, max_distance=max_distance)
     correlation = np.einsum("ij,ij->i", small[pairs[:, 0]], small[pairs[:, 1]])
     keep = correlation >= min_correlation
     return pairs[keep], correlation[keep]

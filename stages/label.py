@@ -412,12 +412,14 @@ def main_label(argv: Sequence[str] | None) -> None:
     parsed = read_annotation_folder(Path(args.annotations))
     features = None
     if needs_features(frame, tl, lp) and len(frame):
+        from stages.engine import engine_params, open_engine
         from stages.labeling.features import cached_extract, store_path
 
-        features = cached_extract(modality, spec, [str(i) for i in frame["id"]], list(frame[modality.payload_column]),
-                                  batch_size=lp.feature_batch_size,
-                                  cache_path=store_path(args.feature_store, args.task, modality, spec),
-                                  desc=f"label features {args.task}")
+        with open_engine(engine_params(params)) as engine:  # base.engine: encoder batches on an actor pool
+            features = cached_extract(modality, spec, [str(i) for i in frame["id"]],
+                                      list(frame[modality.payload_column]), batch_size=lp.feature_batch_size,
+                                      cache_path=store_path(args.feature_store, args.task, modality, spec),
+                                      desc=f"label features {args.task}", engine=engine)
     result = label(frame, tl, lp, payload_column=modality.payload_column, seed=int(section(params, "base.seed")),
                    annotations=parsed, features=features)
     write_parquet(args.quarantine, result.quarantine)

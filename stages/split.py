@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ from stages.common import (
     write_parquet,
 )
 from stages.dedup import clusters
+from stages.engine import LOCAL, Engine, engine_params, open_engine
 
 SPLITS = ("train", "val", "test")
 MODES = ("stratified", "hash", "time")
@@ -63,8 +65,12 @@ class SplitResult:
     metrics: dict
 
 
-def split(frame: pd.DataFrame, params: SplitParams, *, seed: int) -> SplitResult:
-    """Assign every group of rows to one of train/val/test by `params.mode`, then check for leakage."""
+def split(frame: pd.DataFrame, params: SplitParams, *, seed: int, engine: Engine = LOCAL) -> SplitResult:
+    """Assign every group of rows to one of train/val/test by `params.mode`, then check for leakage.
+
+    Group keys, stratified and time modes work on the collected id/label/group columns; hash mode is a pure
+    map of the keys, which `engine` runs (this process or Ray Data).
+    """
     _validate(frame, params)
     frame = frame.sort_values("id", kind="stable").reset_index(drop=True)
     keys = group_keys(frame, params.group_column)
@@ -72,7 +78,8 @@ def split(frame: pd.DataFrame, params: SplitParams, *, seed: int) -> SplitResult
     if params.mode == "stratified":
         assignment, too_small = _stratified(frame, keys, params, np.random.default_rng(seed))
     elif params.mode == "hash":
-        assignment = pd.Series([hash_split(k, params, seed=seed) for k in keys], index=frame.index, dtype="object")
+        assignment = pd.Series(engine.map_values(partial(hash_split, params=params, seed=seed), keys),
+                               index=frame.index, dtype="object")
     else:
         assignment = _by_time(frame, keys, params)
     kept = frame.assign(split=assignment)[assignment.notna()].reset_index(drop=True)
@@ -268,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params()
     sp = build(SplitParams, params.get("split"), "split")
     labels = task_params(params, args.task).get("labels")
-    result = split(read_parquet(args.inp), sp, seed=params["base"]["seed"])
+    frame = read_parquet(args.inp)
+    with open_engine(engine_params(params)) as engine:
+        result = split(frame, sp, seed=params["base"]["seed"], engine=engine)
     contracts.check(result.kept, "split", where=args.out, labels=labels)
     write_parquet(args.quarantine, result.quarantine)
     write_parquet(args.out, result.kept)

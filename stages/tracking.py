@@ -1,7 +1,8 @@
 """MLflow plumbing kept out of the stage cores: store set-up, lineage tags, per-trial nested runs.
 
 The default store is SQLite at the repository root (`params.base.tracking_uri`), with artifacts in
-`params.base.artifact_root`; the MLFLOW_TRACKING_URI environment variable overrides it.
+`params.base.artifact_root`; the MLFLOW_TRACKING_URI environment variable overrides it. A `dvc exp run --queue`
+copy logs to the project's store, not to one inside its temporary folder (see `project_root`).
 """
 
 from __future__ import annotations
@@ -28,10 +29,36 @@ def experiment_name(params: dict[str, Any], task: str) -> str:
     return f"{params['base']['experiment_prefix']}-{task}"
 
 
+def project_root() -> Path | None:
+    """The DVC project a `dvc exp run --temp/--queue` copy runs for (DVC sets DVC_ROOT to it); None elsewhere.
+
+    Relative store paths are resolved against it, so every queued experiment logs to the project's one MLflow
+    store instead of a throwaway one inside its temporary copy.
+    """
+    root = os.environ.get("DVC_ROOT")
+    if not root or Path(root).resolve() == Path.cwd().resolve():
+        return None
+    return Path(root).resolve()
+
+
+def _in_project(uri: str) -> str:
+    root = project_root()
+    prefix = "sqlite:///"
+    if root is None or not uri.startswith(prefix) or uri[len(prefix):].startswith("/"):
+        return uri
+    return f"{prefix}{root / uri[len(prefix):]}"
+
+
+def artifact_location(params: dict[str, Any]) -> str:
+    path = Path(params["base"]["artifact_root"])
+    root = project_root()
+    return (root / path if root is not None and not path.is_absolute() else path).resolve().as_uri()
+
+
 def configure(params: dict[str, Any]) -> None:
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params["base"]["tracking_uri"]
+    uri = _in_project(os.environ.get("MLFLOW_TRACKING_URI") or params["base"]["tracking_uri"])
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
 
@@ -49,7 +76,7 @@ def ensure_experiment(params: dict[str, Any], task: str) -> str:
     try:
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
-            location = Path(params["base"]["artifact_root"]).resolve().as_uri()
+            location = artifact_location(params)
             return mlflow.create_experiment(name, artifact_location=location,
                                             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         if EXPERIMENT_KIND_TAG not in experiment.tags:
@@ -101,12 +128,25 @@ def close_dead_runs(experiment_id: str) -> list[str]:
     return closed
 
 
+def queued_experiment() -> str | None:
+    """The DVC experiment this run is, when it runs in its own temporary copy (`dvc exp run --queue/--temp`).
+
+    Such a copy resumes its own copy of the study folder, so its trials are its own: its parent run is kept
+    apart (tag `dvc.exp`) instead of mixing trial numbers with the workspace's or another queued run's.
+    """
+    return os.environ.get("DVC_EXP_NAME") if project_root() is not None else None
+
+
 def find_study_run(params: dict[str, Any], task: str, study: str) -> str | None:
     """The parent run of an Optuna study, if one was started before (the newest)."""
     import mlflow
 
     experiment_id = ensure_experiment(params, task)
-    runs = mlflow.search_runs([experiment_id], filter_string=f"tags.`optuna.study` = '{study}' and tags.stage = 'train'",
+    query = f"tags.`optuna.study` = '{study}' and tags.stage = 'train'"
+    exp = queued_experiment()
+    if exp:
+        query += f" and tags.`dvc.exp` = '{exp}'"
+    runs = mlflow.search_runs([experiment_id], filter_string=query,
                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
     return runs[0].info.run_id if runs else None
 
@@ -121,10 +161,14 @@ def start(params: dict[str, Any], task: str, *, run_name: str, study: str) -> It
     existing = find_study_run(params, task, study)
     # tagged as it is created or resumed (see tracked_trial)
     tags = {"task": task, "stage": "train", "optuna.study": study, **worker_tags(), **lineage_tags()}
+    exp = queued_experiment()
+    if exp:
+        tags["dvc.exp"] = exp
     if existing:
         run_ctx = mlflow.start_run(run_id=existing, tags=tags)
     else:
-        run_ctx = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+        run_ctx = mlflow.start_run(experiment_id=experiment_id, run_name=f"{run_name}-{exp}" if exp else run_name,
+                                   tags=tags)
     with run_ctx as run:
         yield run
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,23 @@ FEATURE_STORE = Path(".cache/features")
 
 
 def extract(modality: Any, spec: dict[str, Any], payloads: Sequence[Any], *, batch_size: int,
-            desc: str | None = None) -> np.ndarray:
-    """Frozen-backbone features `(n, feature_dim)` for `payloads`, in bf16 autocast on the chosen device."""
+            desc: str | None = None, engine: Any = None) -> np.ndarray:
+    """Frozen-backbone features `(n, feature_dim)` for `payloads`, in bf16 autocast on the chosen device.
+
+    With an `engine` (stages/engine) the batches run where it says, one encoder per worker; each batch holds
+    the same rows as here, so the features do not depend on it.
+    """
+    if engine is not None and engine.distributed and len(payloads):
+        parts = engine.map_chunks(partial(encoder, modality, spec, batch_size=batch_size), list(payloads),
+                                  chunk_size=batch_size)
+        return np.concatenate(parts).astype(np.float32)
+    encode = encoder(modality, spec, batch_size=batch_size, desc=desc)
+    return encode(list(payloads))
+
+
+def encoder(modality: Any, spec: dict[str, Any], *, batch_size: int,
+            desc: str | None = None) -> Callable[[list[Any]], np.ndarray]:
+    """Load the frozen backbone once; return the function that encodes a list of payloads with it."""
     import torch
 
     from stages.model import batched_forward, choose_device
@@ -30,11 +46,15 @@ def extract(modality: Any, spec: dict[str, Any], payloads: Sequence[Any], *, bat
     backbone = modality.build_backbone(spec, pretrained=True).to(device).eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
-    if len(payloads) == 0:
-        return np.zeros((0, backbone.feature_dim), dtype=np.float32)
-    with torch.inference_mode():
-        return batched_forward(backbone, modality, spec, list(payloads), backbone, batch_size=batch_size,
-                               device=device, desc=desc)
+
+    def encode(payloads: list[Any]) -> np.ndarray:
+        if len(payloads) == 0:
+            return np.zeros((0, backbone.feature_dim), dtype=np.float32)
+        with torch.inference_mode():
+            return batched_forward(backbone, modality, spec, payloads, backbone, batch_size=batch_size,
+                                   device=device, desc=desc)
+
+    return encode
 
 
 def store_path(store: Path | str, name: str, modality: Any, spec: dict[str, Any]) -> Path:
@@ -45,7 +65,8 @@ def store_path(store: Path | str, name: str, modality: Any, spec: dict[str, Any]
 
 
 def cached_extract(modality: Any, spec: dict[str, Any], ids: Sequence[str], payloads: Sequence[Any], *,
-                   batch_size: int, cache_path: Any, desc: str | None = None, prune: bool = True) -> np.ndarray:
+                   batch_size: int, cache_path: Any, desc: str | None = None, prune: bool = True,
+                   engine: Any = None) -> np.ndarray:
     """`extract`, reusing rows already in the `.npz` cache at `cache_path` (same ids, same encoder spec).
 
     Ids are content hashes, so a cached row is the same payload. Only new rows go through the encoder,
@@ -66,7 +87,7 @@ def cached_extract(modality: Any, spec: dict[str, Any], ids: Sequence[str], payl
         except (OSError, ValueError, KeyError):
             cached = {}
     missing = [i for i, item in enumerate(ids) if item not in cached]
-    new = extract(modality, spec, [payloads[i] for i in missing], batch_size=batch_size, desc=desc)
+    new = extract(modality, spec, [payloads[i] for i in missing], batch_size=batch_size, desc=desc, engine=engine)
     for i, row in zip(missing, new):
         cached[ids[i]] = row
     dim = new.shape[1] if len(missing) else (len(next(iter(cached.values()))) if cached else 0)

@@ -86,3 +86,35 @@ def test_experiments_are_created_and_kept_marked_as_model_training(client, tmp_p
     assert client.get_experiment(old).tags.get(KIND) == "custom_model_development"
     tracking.ensure_experiment(params, "animals")
     assert client.get_experiment(chosen).tags.get(KIND) == "genai_development"
+
+
+def test_a_queued_dvc_experiment_logs_to_the_project_store_in_its_own_parent_run(client, tmp_path, monkeypatch):
+    """`dvc exp run --queue` runs in a temporary copy with DVC_ROOT set to the project: the relative SQLite store
+    and artifact root resolve there, and the study's parent run is the experiment's own (tag `dvc.exp`)."""
+    import mlflow
+
+    from stages import tracking
+
+    project, copy = tmp_path / "project", tmp_path / "copy"
+    project.mkdir()
+    copy.mkdir()
+    params = {"base": {"tracking_uri": "sqlite:///mlflow.db", "artifact_root": "mlartifacts",
+                       "experiment_prefix": "finetune"}}
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(copy))  # a workspace run: nothing changes
+    assert tracking.project_root() is None and tracking.queued_experiment() is None
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    monkeypatch.setenv("DVC_EXP_NAME", "brave-exp")
+    assert tracking.queued_experiment() == "brave-exp"
+    tracking.configure(params)
+    assert mlflow.get_tracking_uri() == f"sqlite:///{project.resolve() / 'mlflow.db'}"
+    assert tracking.artifact_location(params) == (project.resolve() / "mlartifacts").as_uri()
+    with tracking.start(params, "spam", run_name="study-s", study="s") as run:
+        pass
+    found = mlflow.get_run(run.info.run_id)
+    assert found.data.tags["dvc.exp"] == "brave-exp" and found.info.run_name == "study-s-brave-exp"
+    assert tracking.find_study_run(params, "spam", "s") == run.info.run_id
+    monkeypatch.setenv("DVC_EXP_NAME", "other-exp")
+    assert tracking.find_study_run(params, "spam", "s") is None
+    assert (project / "mlflow.db").is_file() and not (copy / "mlflow.db").exists()
