@@ -105,6 +105,9 @@ def to_eight_bit(image: Any) -> Any:
 @register("image")
 class ImageModality(Modality):
     payload_column = "image"
+    payload_type = bytes
+    label_studio_tag = "Image"
+    input_suffixes = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
     baselines = ("small_cnn",)
 
     def from_bytes(self, raw: bytes) -> tuple[bytes, None]:
@@ -223,6 +226,11 @@ class ImageModality(Modality):
 
     def decode_input(self, value: Any) -> bytes:
         return bytes(value)
+
+    def review_value(self, payload: bytes) -> str:
+        from stages.labeling.review import data_uri
+
+        return data_uri(bytes(payload))
 
 
 def _efficientnet_lite0(spec: dict[str, Any], *, pretrained: bool) -> Any:
