@@ -266,8 +266,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__, quarantine=True, report=True).parse_args(argv)
 
     params = load_params()
-    sp = build(SplitParams, params.get("split"), "split")
-    labels = task_params(params, args.task).get("labels")
+    task = task_params(params, args.task)
+    # a task may set its own split keys (a spoken-word task groups by `voice`), merged over `split`
+    sp = build(SplitParams, {**(params.get("split") or {}), **(task.get("split") or {})},
+               f"split (with tasks.{args.task}.split)" if task.get("split") else "split")
+    labels = task.get("labels")
     result = split(read_parquet(args.inp), sp, seed=params["base"]["seed"])
     contracts.check(result.kept, "split", where=args.out, labels=labels)
     write_parquet(args.quarantine, result.quarantine)

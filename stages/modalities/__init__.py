@@ -13,7 +13,7 @@ from stages.modalities.base import Modality
 MODALITIES: dict[str, Modality] = {}
 
 # Modules that register built-in modalities; imported lazily so importing the registry is cheap.
-_BUILTIN = ("stages.modalities.text", "stages.modalities.image")
+_BUILTIN = ("stages.modalities.text", "stages.modalities.image", "stages.modalities.audio")
 
 
 def register(name: str):
