@@ -249,7 +249,7 @@ def _sms_spam(spec: dict[str, Any], modality: Modality, source_dir: Path, env: S
             continue
         label, sep, text = line.partition(b"\t")
         if not sep:
-            raise StageError(f"{path}: row {line_no}: field 'text': no tab separator")
+            raise StageError(f"{path}: row {line_no}: field {modality.payload_column!r}: no tab separator")
         decoded, encoding = modality.from_bytes(text)
         items.append(Item(decoded, label.decode("ascii", "replace").strip(), f"{path.name}:{line_no}", modified, encoding))
     return Collected(items, f"pypi:{package}", _package_license(package))

@@ -34,8 +34,8 @@ def served_modality(model: Any) -> Any:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a model URI, e.g. models:/news-classifier@champion")
-    parser.add_argument("--text-column", "--column", dest="column", default="text",
-                        help="the CSV column holding the payloads")
+    parser.add_argument("--text-column", "--column", dest="column",
+                        help="the CSV column holding the payloads (default: the model's payload column, e.g. text)")
     parser.add_argument("input", type=Path)
     args = parser.parse_args(argv)
 
@@ -52,8 +52,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except MlflowException as exc:
         raise StageError(f"{args.model}: {str(exc).splitlines()[0]}") from None
     modality = served_modality(model)
-    frame = modality.read_inputs(args.input, column=args.column)
     column = modality.payload_column
+    frame = modality.read_inputs(args.input, column=args.column or column)
     predictions = model.predict(frame[[column]])
     # rejected rows hold nulls (JSON null when served); here they print as empty cells beside their reason
     numeric = [c for c in predictions.columns if c == "confidence" or c.startswith("prob_")]

@@ -36,7 +36,7 @@ CLIP_LEVEL = 0.999
 class AudioNearDupParams:
     n_mels: int                      # fingerprint: log-mel bands at an 8 ms hop, the quiet ends trimmed ...
     trim_db: float                   # ... (frames this far below the loudest frame)
-    candidate_frames: int            # candidates: the fingerprint resampled to this many frames correlates ...
+    candidate_frames: int            # candidates: the prints' first or last this many frames correlate ...
     candidate_correlation: float     # ... at least this much (cheap, all pairs)
     max_lag_frames: int              # verified: at the real frame rate, best over lags of +-this many frames ...
     min_correlation: float           # ... the fingerprints correlate at least this much
@@ -201,13 +201,20 @@ def fingerprint(samples: np.ndarray, sample_rate: int, params: AudioNearDupParam
     return (image / norm if norm > 0 else image).astype(np.float32)
 
 
-def _coarse(image: np.ndarray, frames: int) -> np.ndarray:
-    """A fingerprint resampled to `frames` frames and re-normalised: comparable between any two clips."""
-    positions = np.linspace(0, image.shape[1] - 1, frames)
-    coarse = np.stack([np.interp(positions, np.arange(image.shape[1]), band) for band in image]).flatten()
-    coarse -= coarse.mean()
-    norm = np.linalg.norm(coarse)
-    return coarse / norm if norm > 0 else coarse
+def _ends(image: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fingerprint's first and last `frames` frames (bands pooled in pairs), each a unit vector: a copy trimmed
+    at one end keeps the other, so one of the two still matches."""
+    bands = image.shape[0] - image.shape[0] % 2
+    pooled = image[:bands].reshape(bands // 2, 2, -1).mean(axis=1) if bands else image
+    parts = []
+    for part in (pooled[:, :frames], pooled[:, -frames:]):
+        if part.shape[1] < frames:
+            part = np.pad(part, ((0, 0), (0, frames - part.shape[1])), mode="edge")
+        vector = part.flatten().astype(np.float64)
+        vector -= vector.mean()
+        norm = np.linalg.norm(vector)
+        parts.append(vector / norm if norm > 0 else vector)
+    return parts[0], parts[1]
 
 
 def lagged_correlation(a: np.ndarray, b: np.ndarray, max_lag: int) -> float:
@@ -231,19 +238,21 @@ def audio_near_duplicates(payloads: Sequence[bytes], params: AudioNearDupParams,
                           ) -> tuple[np.ndarray, np.ndarray]:
     """Verified near-duplicate pairs `(i, j)`, i < j, and their similarity.
 
-    Candidates: every pair whose time-normalised fingerprints correlate at least `candidate_correlation` (a
-    chunked matrix product: no pair is skipped). Verified: durations within `min_duration_ratio`, and at the real
-    frame rate the fingerprints correlate at least `min_correlation` at some lag of up to `max_lag_frames`.
+    Candidates: every pair whose prints' first or last `candidate_frames` frames correlate at least
+    `candidate_correlation` (chunked matrix products: no pair is skipped). Verified: durations within
+    `min_duration_ratio`, and the prints correlate at least `min_correlation` at some lag of up to `max_lag_frames`.
     """
     empty = np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32)
     if len(payloads) < 2:
         return empty
     prints = [fingerprint(*pcm(p), params) for p in payloads]
-    coarse = np.stack([_coarse(f, params.candidate_frames) for f in prints]).astype(np.float32)
+    ends = [_ends(f, params.candidate_frames) for f in prints]
+    heads = np.stack([h for h, _ in ends]).astype(np.float32)
+    tails = np.stack([t for _, t in ends]).astype(np.float32)
     lengths = np.array([f.shape[1] for f in prints])
     pairs, sims = [], []
-    for start in range(0, len(coarse), chunk):
-        block = coarse[start:start + chunk] @ coarse.T
+    for start in range(0, len(prints), chunk):
+        block = np.maximum(heads[start:start + chunk] @ heads.T, tails[start:start + chunk] @ tails.T)
         for i, j in zip(*np.nonzero(block >= params.candidate_correlation)):
             i = int(i) + start
             if i >= j or min(lengths[i], lengths[j]) < params.min_duration_ratio * max(lengths[i], lengths[j]):
@@ -290,12 +299,15 @@ def _espeak() -> dict[str, Any]:
     return _ESPEAK
 
 
-def synthesise(text: str, *, voice: str, rate: int, pitch: int) -> tuple[np.ndarray, int]:
+def synthesise(text: str, *, voice: str, rate: int, pitch: int, seed: int = 0) -> tuple[np.ndarray, int]:
     """`text` spoken by eSpeak NG voice `voice` at `rate` words per minute and `pitch` (0..100): int16 samples
     and their sample rate (22,050 Hz). Deterministic: the same arguments give the same samples."""
     with _ESPEAK_LOCK:
         engine = _espeak()
         lib, chunks = engine["lib"], engine["chunks"]
+        # eSpeak NG varies timing and noise with libc rand(): its own seed makes a take depend on its arguments
+        # only, not on what the process synthesised before
+        lib.espeak_ng_SetRandSeed(int(seed) & 0x7FFFFFFF)
         if lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise StageError(f"params.yaml: tasks.<task>.source.voices: eSpeak NG has no voice {voice!r}")
         lib.espeak_SetParameter(_RATE, int(rate), 0)
@@ -312,27 +324,37 @@ def spoken_words(spec: dict[str, Any], *, seed: int) -> Generated:
     """Every word of `words` in every voice, rate and pitch: one row each, labelled with the word, with its
     `voice` (the natural split group: a voice never straddles splits), `rate` and `pitch`.
 
-    The synthesiser is deterministic (the same arguments give the same samples), so `seed` changes nothing
-    and the table is the same on every run.
+    eSpeak NG keeps state between utterances in the library (a take's length varies by a few samples with what
+    was spoken before, even after `espeak_Terminate`), so every table is synthesised in a fresh process, in one
+    fixed order, each take under its own seed: the table is the same on every run and in every caller.
     """
     source = build(SpokenWordsSource, spec, "tasks.<task>.source")
     for key in ("words", "voices", "rates", "pitches"):
         if not getattr(source, key):
             raise StageError(f"params.yaml: tasks.<task>.source.{key}: empty list")
-    combos = [(w, v, r, p) for v in source.voices for w in source.words for r in source.rates for p in source.pitches]
-    rows = []
-    for word, voice, rate, pitch in combos:
-        samples, sample_rate = synthesise(word, voice=voice, rate=rate, pitch=pitch)
-        payload = encode_wav(samples.astype(np.float32) / PCM_SCALE, sample_rate)
-        rows.append({"payload": payload, "label": word, "source_ref": f"{voice}/{word}/r{rate}/p{pitch}",
-                     "voice": voice, "rate": int(rate), "pitch": int(pitch)})
-    engine = _espeak()
-    modified = (engine["data"] / "phondata").stat().st_mtime
+    combos = sorted((v, w, int(r), int(p)) for v in source.voices for w in source.words for r in source.rates
+                    for p in source.pitches)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
     from importlib import metadata
 
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        rows, modified = pool.submit(_synthesise_all, combos, seed).result()
     version = metadata.version("espeakng-loader")
-    return Generated(sorted(rows, key=lambda r: r["source_ref"]), f"espeak-ng:espeakng-loader=={version}",
-                     source.license, modified)
+    return Generated(rows, f"espeak-ng:espeakng-loader=={version}", source.license, modified)
+
+
+def _synthesise_all(combos: list[tuple[str, str, int, int]], seed: int) -> tuple[list[dict[str, Any]], float]:
+    """The rows of `spoken_words` (run in a fresh process) and the voice data's modification time."""
+    rows = []
+    for voice, word, rate, pitch in combos:
+        key = hashlib.sha256(f"{seed}:{voice}:{word}:{rate}:{pitch}".encode()).digest()
+        samples, sample_rate = synthesise(word, voice=voice, rate=rate, pitch=pitch,
+                                          seed=int.from_bytes(key[:4], "big"))
+        payload = encode_wav(samples.astype(np.float32) / PCM_SCALE, sample_rate)
+        rows.append({"payload": payload, "label": word, "source_ref": f"{voice}/{word}/r{rate}/p{pitch}",
+                     "voice": voice, "rate": rate, "pitch": pitch})
+    return rows, (_espeak()["data"] / "phondata").stat().st_mtime
 
 
 # ---------------------------------------------------------------- the modality
