@@ -7,7 +7,6 @@ annotator starts from a pre-annotation. Its JSON export comes back through `anno
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 from collections.abc import Callable, Sequence
@@ -19,14 +18,6 @@ import pandas as pd
 from stages.labeling.annotations import ANNOTATOR_FIELD, ITEM_ID, LABEL_FIELD, csv_escape
 
 FROM_NAME = "label"  # the <Choices> tag name; Label Studio writes it into every result as `from_name`
-_MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
-          (b"RIFF", "image/webp")]
-
-
-def data_uri(payload: bytes, mime: str | None = None) -> str:
-    """`payload` as a data URI; without `mime` the type is sniffed from the image magic numbers."""
-    mime = mime or next((m for magic, m in _MAGIC if payload.startswith(magic)), "application/octet-stream")
-    return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
 
 
 def _as_is(payload: Any) -> Any:

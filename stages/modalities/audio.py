@@ -25,7 +25,7 @@ import numpy as np
 
 from stages.common import StageError, build
 from stages.modalities import register
-from stages.modalities.base import Generated, Modality
+from stages.modalities.base import Generated, Modality, data_uri
 
 PCM_SCALE = 32768.0
 # A sample at or above this magnitude (of full scale 1.0) counts as clipped: 16-bit full scale is 32767/32768
@@ -490,8 +490,6 @@ class AudioModality(Modality):
         return image.numpy().astype(np.float32)
 
     def review_value(self, payload: bytes) -> str:
-        from stages.labeling.review import data_uri
-
         return data_uri(bytes(payload), "audio/wav")
 
     def decode_input(self, value: Any) -> bytes:

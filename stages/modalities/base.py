@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+def data_uri(payload: bytes, mime: str) -> str:
+    """`payload` as a `data:` URI (how a Label Studio task carries an image or a recording)."""
+    return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,13 @@ from typing import Any
 
 from stages.common import build
 from stages.modalities import register
-from stages.modalities.base import Modality
+from stages.modalities.base import Modality, data_uri
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# a review task's data URI names its type: sniffed from the magic numbers (clean stores PNG; raw rows may be others)
+_MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
+          (b"RIFF", "image/webp")]
 
 
 @dataclass(frozen=True)
@@ -228,9 +231,9 @@ class ImageModality(Modality):
         return bytes(value)
 
     def review_value(self, payload: bytes) -> str:
-        from stages.labeling.review import data_uri
-
-        return data_uri(bytes(payload))
+        payload = bytes(payload)
+        mime = next((m for magic, m in _MAGIC if payload.startswith(magic)), "application/octet-stream")
+        return data_uri(payload, mime)
 
 
 def _efficientnet_lite0(spec: dict[str, Any], *, pretrained: bool) -> Any:
