@@ -130,13 +130,13 @@ def pcm(payload: bytes) -> tuple[np.ndarray, int]:
 
 
 def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Polyphase resampling (scipy) from `rate` to `target` Hz."""
+    """Resample from `rate` to `target` Hz with libsoxr (its "HQ" quality). scipy's polyphase filter took 22 ms
+    for a 0.6 s take from 22,050 to 8,000 Hz (up 160, down 441: a 4,410-tap filter); soxr a small fraction."""
     if rate == target:
         return samples
-    from scipy.signal import resample_poly
+    import soxr
 
-    g = math.gcd(rate, target)
-    return resample_poly(samples, target // g, rate // g).astype(np.float32)
+    return soxr.resample(np.ascontiguousarray(samples, dtype=np.float32), rate, target, quality="HQ").astype(np.float32)
 
 
 def rms_db(samples: np.ndarray) -> float:
@@ -542,29 +542,32 @@ def _front_end(spec: dict[str, Any]) -> Any:
 
 
 def _logmel_cnn(spec: dict[str, Any]) -> Any:
-    """The image modality's small CNN (`cnn_small`: three blocks of 3x3 conv-BN-ReLU, global average pooling) on
-    a log-mel spectrogram, with SpecAugment-style masking of `freq_mask` bands and `time_mask` frames while
-    training. It has no pretrained weights (strategy `scratch`)."""
+    """The image modality's small CNN (`cnn_small`: three blocks of 3x3 conv-BN-ReLU) on a log-mel spectrogram,
+    its map averaged over frequency and pooled into `time_bins` stretches of time (order kept: "one" and "nine"
+    share their sounds, not their order), with SpecAugment-style masking of up to `freq_mask` bands and
+    `time_mask` frames while training. It has no pretrained weights (strategy `scratch`)."""
     import torch
 
     from stages.modalities.image import _cnn_small
 
     front = _front_end(spec)
-    cnn = _cnn_small({"width": spec["width"], "channels": 1}, pretrained=False)
+    width, time_bins = int(spec["width"]), int(spec.get("time_bins", 1))
+    network = _cnn_small({"width": width, "channels": 1}, pretrained=False).network
     freq_mask, time_mask = int(spec.get("freq_mask", 0)), int(spec.get("time_mask", 0))
 
     class AudioBackbone(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.front, self.cnn = front, cnn
-            self.feature_dim = cnn.feature_dim
+            self.front, self.network = front, network
+            self.feature_dim = 4 * width * time_bins
 
         def forward(self, waves: Any) -> Any:
             image = self.front(waves)
             if self.training and (freq_mask or time_mask):
                 image = _mask(image, freq_mask, dim=2)
                 image = _mask(image, time_mask, dim=3)
-            return self.cnn(image)
+            maps = self.network(image.contiguous(memory_format=torch.channels_last))
+            return torch.nn.functional.adaptive_avg_pool2d(maps, (1, time_bins)).flatten(1)
 
     return AudioBackbone()
 
