@@ -554,15 +554,15 @@ def _front_end(spec: dict[str, Any]) -> Any:
 
 def _logmel_cnn(spec: dict[str, Any]) -> Any:
     """The image modality's small CNN (`cnn_small`: three blocks of 3x3 conv-BN-ReLU) on a log-mel spectrogram,
-    its map averaged over frequency and pooled into `time_bins` stretches of time (order kept: "one" and "nine"
-    share their sounds, not their order), with SpecAugment-style masking of up to `freq_mask` bands and
+    its map pooled into `freq_bins` bands x `time_bins` stretches of time (where a formant sits and the order of
+    the sounds both matter: "one" and "nine" share their sounds, not their order), with SpecAugment-style masking of up to `freq_mask` bands and
     `time_mask` frames while training. It has no pretrained weights (strategy `scratch`)."""
     import torch
 
     from stages.modalities.image import _cnn_small
 
     front = _front_end(spec)
-    width, time_bins = int(spec["width"]), int(spec.get("time_bins", 1))
+    width, time_bins, freq_bins = int(spec["width"]), int(spec.get("time_bins", 1)), int(spec.get("freq_bins", 1))
     network = _cnn_small({"width": width, "channels": 1}, pretrained=False).network
     freq_mask, time_mask = int(spec.get("freq_mask", 0)), int(spec.get("time_mask", 0))
 
@@ -570,7 +570,7 @@ def _logmel_cnn(spec: dict[str, Any]) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.front, self.network = front, network
-            self.feature_dim = 4 * width * time_bins
+            self.feature_dim = 4 * width * time_bins * freq_bins
 
         def forward(self, waves: Any) -> Any:
             image = self.front(waves)
@@ -578,7 +578,7 @@ def _logmel_cnn(spec: dict[str, Any]) -> Any:
                 image = _mask(image, freq_mask, dim=2)
                 image = _mask(image, time_mask, dim=3)
             maps = self.network(image.contiguous(memory_format=torch.channels_last))
-            return torch.nn.functional.adaptive_avg_pool2d(maps, (1, time_bins)).flatten(1)
+            return torch.nn.functional.adaptive_avg_pool2d(maps, (freq_bins, time_bins)).flatten(1)
 
     return AudioBackbone()
 
