@@ -213,3 +213,25 @@ def test_fsdd_recordings_read_from_class_folders_and_clean(tmp_path):
     assert len(result.kept) + len(result.quarantine) == 60
     assert len(result.kept) >= 57, result.metrics["quarantined_by_reason"]
     assert all(pcm(p)[1] == RATE for p in result.kept["audio"])
+
+
+def test_predict_reads_inputs_through_the_modality(tmp_path):
+    """`predict` asks the model's modality to read its input: a CSV column for text, a folder of files otherwise."""
+    from stages.common import StageError
+    from tests.conftest import png_bytes
+
+    (tmp_path / "texts.csv").write_text('body\n"hello there"\n"second row"\n')
+    texts = get_modality("text").read_inputs(tmp_path / "texts.csv", column="body")
+    assert list(texts["text"]) == ["hello there", "second row"] and "file" not in texts
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(png_bytes())
+    (tmp_path / "images" / "notes.txt").write_text("skipped")
+    images = get_modality("image").read_inputs(tmp_path / "images", column="image")
+    assert list(images["file"]) == [str(tmp_path / "images" / "a.png")]
+    (tmp_path / "clips").mkdir()
+    for name in ("a.wav", "b.flac"):
+        (tmp_path / "clips" / name).write_bytes(wav(tone(), fmt="FLAC" if name.endswith("flac") else "WAV"))
+    clips = AUDIO.read_inputs(tmp_path / "clips", column="audio")
+    assert len(clips) == 2 and all(isinstance(p, bytes) for p in clips["audio"])
+    with pytest.raises(StageError, match="no audio files"):
+        AUDIO.read_inputs(tmp_path / "images", column="audio")
