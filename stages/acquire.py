@@ -249,7 +249,7 @@ def _sms_spam(spec: dict[str, Any], modality: Modality, source_dir: Path, env: S
             continue
         label, sep, text = line.partition(b"\t")
         if not sep:
-            raise StageError(f"{path}: row {line_no}: field 'text': no tab separator")
+            raise StageError(f"{path}: row {line_no}: field {modality.payload_column!r}: no tab separator")
         decoded, encoding = modality.from_bytes(text)
         items.append(Item(decoded, label.decode("ascii", "replace").strip(), f"{path.name}:{line_no}", modified, encoding))
     return Collected(items, f"pypi:{package}", _package_license(package))
@@ -595,8 +595,7 @@ def acquire(items: Sequence[Item], *, modality: Modality, source_name: str, lice
     for item in items:
         payload = item.payload
         extra = item.provenance or {}
-        raw = payload.encode("utf-8") if isinstance(payload, str) else (payload or b"")
-        sha = hashlib.sha256(raw).hexdigest()
+        sha = hashlib.sha256(modality.payload_bytes(payload)).hexdigest()
         rows.append(
             {
                 "id": content_id(source_name, item.source_ref, sha),
@@ -622,6 +621,25 @@ def acquire(items: Sequence[Item], *, modality: Modality, source_name: str, lice
     return frame.sort_values("id", kind="stable").reset_index(drop=True)
 
 
+def find_source(kind: Any, modality: Modality, *, seed: int, where: str) -> Callable[..., Collected]:
+    """The source `kind`: one of `SOURCES`, or one the task's modality generates itself (`spoken_words` for
+    audio), adapted to the same call; a one-line error lists the kinds known for this modality."""
+    generated = modality.generated_sources()
+    if kind in SOURCES:
+        return SOURCES[kind]
+    if kind not in generated:
+        raise StageError(f"params.yaml: {where}: unknown source {kind!r}; known: {sorted({*SOURCES, *generated})}")
+
+    def collect(spec: dict[str, Any], modality: Modality, source_dir: Path, env: SourceEnv | None = None) -> Collected:
+        made = generated[kind](spec, seed=seed)
+        items = [Item(row["payload"], row["label"], row["source_ref"], made.modified,
+                      provenance={k: v for k, v in row.items() if k not in ("payload", "label", "source_ref")})
+                 for row in made.rows]
+        return Collected(items, made.source_name, made.license)
+
+    return collect
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -638,8 +656,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     acq = build(AcquireParams, {k: task.get(k) for k in ("modality", "source", "max_per_class")}, f"tasks.{args.task}")
     modality = task_modality(params, args.task)
     kind = acq.source.get("kind")
-    if kind not in SOURCES:
-        raise StageError(f"params.yaml: tasks.{args.task}.source.kind: unknown source {kind!r}; known: {sorted(SOURCES)}")
+    collect = find_source(kind, modality, seed=params["base"]["seed"], where=f"tasks.{args.task}.source.kind")
     if "path" in acq.source:
         # before sources became dependencies, `path` could point anywhere, and edits there went unnoticed
         raise StageError(f"params.yaml: tasks.{args.task}.source.path: sources live in {args.source}/ (the "
@@ -647,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                          "archive and name it with `file:`")
     settings = build(AcquireSettings, params.get("acquire"), "acquire")
     env = SourceEnv(settings, Path(args.fetch_cache) if args.fetch_cache else None)
-    collected = SOURCES[kind](acq.source, modality, Path(args.source), env=env)
+    collected = collect(acq.source, modality, Path(args.source), env=env)
     quarantine = quarantine_frame(collected.quarantined)
     items = collected.items
     frame = acquire(items, modality=modality, source_name=collected.source_name, license=collected.license,

@@ -21,8 +21,15 @@ import pandas as pd
 from stages.common import StageError
 
 SPLITS = ("train", "val", "test")
-# payload column -> Python type of its values; a table has exactly one of them
-PAYLOAD_COLUMNS = {"text": str, "image": bytes}
+
+
+def payload_columns() -> dict[str, type]:
+    """Payload column -> Python type of its values, as the registered modalities declare them; a table has
+    exactly one of them."""
+    # the registry is plain data (a modality module imports only the layers below it), so asking it is no cycle
+    from stages.modalities import registered
+
+    return {m.payload_column: m.payload_type for m in registered()}
 
 
 @dataclass(frozen=True)
@@ -67,11 +74,11 @@ def check(frame: pd.DataFrame, stage: str, *, where: str, labels: Sequence[str] 
     columns = dict(CONTRACTS[stage])
     if labels is not None and "label" in columns:
         columns["label"] = Column(columns["label"].kind, columns["label"].nullable, tuple(labels))
-    payloads = [c for c in PAYLOAD_COLUMNS if c in frame.columns]
+    known = payload_columns()
+    payloads = [c for c in known if c in frame.columns]
     if len(payloads) != 1:
-        raise StageError(f"{where}: expected exactly one payload column of {sorted(PAYLOAD_COLUMNS)}, "
-                         f"found {payloads}")
-    columns[payloads[0]] = _col(PAYLOAD_COLUMNS[payloads[0]], nullable=_PAYLOAD_NULLABLE.get(stage, False))
+        raise StageError(f"{where}: expected exactly one payload column of {sorted(known)}, found {payloads}")
+    columns[payloads[0]] = _col(known[payloads[0]], nullable=_PAYLOAD_NULLABLE.get(stage, False))
 
     for name in columns:
         if name not in frame.columns:

@@ -57,9 +57,7 @@ def screen(values: Sequence[Any], modality: Modality, clean_params: Any) -> tupl
     payloads: list[Any] = []
     reasons: list[str | None] = []
     for value in values:  # a null or a number fails clean's type check (not_text, not_bytes) like any other value
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            value = modality.from_bytes(bytes(value))[0]
-        payload, reason = modality.normalise(value, clean_params)
+        payload, reason = modality.normalise(modality.from_input(value), clean_params)
         if reason is None:  # personal data: redacted as clean redacts it, or rejected where clean quarantines it
             scrubbed, _, reason = modality.personal_data(payload, clean_params)
             payload = scrubbed if reason is None else None

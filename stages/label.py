@@ -154,37 +154,65 @@ def needs_features(frame: pd.DataFrame, task: TaskLabels, params: LabelParams) -
     return params.detection.enabled or (params.auto_label.enabled and bool(unlabeled))
 
 
+@dataclass
+class _Review:
+    """Per row: why it is queued for a person, the model's suggested label and score, and the label's quality."""
+    reason: list[str | None]
+    suggested: list[str | None]
+    suggested_score: np.ndarray
+    quality: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> _Review:
+        return cls([None] * n, [None] * n, np.full(n, np.nan), np.full(n, np.nan))
+
+    def queue(self, i: int, reason: str) -> None:
+        self.reason[i] = self.reason[i] or reason
+
+
 def label(frame: pd.DataFrame, task: TaskLabels, params: LabelParams, *, payload_column: str, seed: int,
           annotations: ann.Parsed | None = None, features: np.ndarray | None = None) -> LabelResult:
     """Merge source, human, consensus, rule and model labels by precedence; check labels; queue rows for review.
 
     `features` are encoder embeddings aligned with `frame`'s rows; without them detection and the
-    model auto-labeller are skipped (and say so in metrics).
+    model auto-labeller are skipped (and say so in metrics). Each label source fills its candidates in turn
+    (`source_candidates`, `human_candidates`, `rule_candidates`, `detect_errors`, `model_candidates`); then
+    `assemble` picks the winners and builds the tables and metrics.
     """
     check_params(task, params)
     if features is not None and len(features) != len(frame):
         raise StageError(f"features: {len(features)} rows for {len(frame)} table rows")
     annotations = annotations or ann.Parsed([], 0, 0)
-    labels = list(task.labels)
-    index = {lab: i for i, lab in enumerate(labels)}
     n = len(frame)
-    ids = [str(i) for i in frame["id"]]
     cand = _Candidates(n)
     for name in LABEL_SOURCES:
         cand.source(name)
-    review: list[str | None] = [None] * n
-    suggested: list[str | None] = [None] * n
-    suggested_score = np.full(n, np.nan)
-    quality = np.full(n, np.nan)
+    review = _Review.empty(n)
+    mapped = source_candidates(cand, frame, task)
+    human = human_candidates(cand, review, annotations, ids=[str(i) for i in frame["id"]], task=task, mapped=mapped)
+    rules = rule_candidates(cand, frame, task, payload_column=payload_column, mapped=mapped)
+    drop, detection_metrics = detect_errors(cand, review, task, params, features=features, seed=seed)
+    auto_metrics = model_candidates(cand, review, task, params, features=features, seed=seed, mapped=mapped,
+                                    drop=drop)
+    return assemble(frame, cand, review, task, params, mapped=mapped, drop=drop, annotations=annotations,
+                    human=human, detection_metrics=detection_metrics, auto_metrics={**rules, **auto_metrics})
 
-    # source labels
+
+def source_candidates(cand: _Candidates, frame: pd.DataFrame, task: TaskLabels) -> list[str | None]:
+    """The data's own labels through `label_map`: the `source` candidates. Returns every row's mapped label."""
+    index = set(task.labels)
     mapped = [map_source_label(v, task.label_map) for v in frame["label"]]
     for i, lab in enumerate(mapped):
         if lab is not None and lab in index:
             cand.put("source", i, lab, 1.0, "source")
+    return mapped
 
-    # human labels: one annotator is `human`, several are decided by majority vote as `consensus`
-    accepted, rejected = ann.check(annotations.annotations, known_ids=set(ids), labels=labels,
+
+def human_candidates(cand: _Candidates, review: _Review, annotations: ann.Parsed, *, ids: list[str],
+                     task: TaskLabels, mapped: list[str | None]) -> dict[str, Any]:
+    """Human labels: one annotator is `human`, several are decided by majority vote as `consensus`; a tie is
+    queued for review. Returns the accepted and rejected annotations, the votes and how many labels changed."""
+    accepted, rejected = ann.check(annotations.annotations, known_ids=set(ids), labels=list(task.labels),
                                    label_map=task.label_map)
     votes = ann.vote(accepted)
     row_of = {item: i for i, item in enumerate(ids)}
@@ -192,14 +220,18 @@ def label(frame: pd.DataFrame, task: TaskLabels, params: LabelParams, *, payload
     for item, v in votes.items():
         i = row_of[item]
         if v.tie:
-            review[i] = "annotator_tie"
+            review.queue(i, "annotator_tie")
             continue
         kind = "human" if len(v.annotators) == 1 else "consensus"
         cand.put(kind, i, v.label, v.confidence, "annotators", ",".join(v.annotators))
         changed += mapped[i] != v.label
+    return {"accepted": accepted, "rejected": rejected, "votes": votes, "changed": changed}
 
-    # labelling functions, for rows without a source label
-    rules = parse_rules(task.label_rules, labels=labels, where="tasks.<task>.label_rules")
+
+def rule_candidates(cand: _Candidates, frame: pd.DataFrame, task: TaskLabels, *, payload_column: str,
+                    mapped: list[str | None]) -> dict[str, Any]:
+    """Labelling functions, for rows without a source label. Returns the unlabelled rows and rule conflicts."""
+    rules = parse_rules(task.label_rules, labels=list(task.labels), where="tasks.<task>.label_rules")
     unlabeled = [i for i, lab in enumerate(mapped) if lab is None]
     rule_conflicts = 0
     if rules and unlabeled:
@@ -212,77 +244,99 @@ def label(frame: pd.DataFrame, task: TaskLabels, params: LabelParams, *, payload
                 cand.put("rule", i, rv.label, rv.confidence, "rules:" + ",".join(rv.fired))
             elif rv.fired:
                 rule_conflicts += 1
+    return {"unlabeled_rows": len(unlabeled), "rule_conflicts": rule_conflicts,
+            "by_rule": int(sum(1 for i in unlabeled if cand.label["rule"][i] is not None))}
 
-    # label-error detection on every row that has a non-model label
+
+def detect_errors(cand: _Candidates, review: _Review, task: TaskLabels, params: LabelParams, *,
+                  features: np.ndarray | None, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Label-error detection on every row that has a non-model label: flag, drop or relabel (`detection.action`).
+    Returns the rows to drop and the detection metrics."""
+    labels = list(task.labels)
+    index = {lab: i for i, lab in enumerate(labels)}
+    n = cand.n
     winner = cand.resolve(params.precedence, exclude=("model",))
     detection_metrics: dict[str, Any] = {"ran": False, "action": params.detection.action}
     drop = np.zeros(n, dtype=bool)
     dp = params.detection
-    if dp.enabled and features is not None:
-        rows = np.array([i for i in range(n) if winner[i] is not None], dtype=np.int64)
-        given = np.array([index[cand.label[winner[i]][i]] for i in rows], dtype=np.int64)
-        result = detect(features[rows], given, n_classes=len(labels), folds=dp.folds, seed=seed, c=dp.c,
-                        max_iter=dp.max_iter, filter_by=dp.filter_by) if len(rows) else None
-        if result is not None and result.folds:
-            counts = {"suspected_label_errors": 0, "flagged_to_review": 0, "dropped": 0, "relabelled": 0,
-                      "not_acted_on_human_labels": 0}
-            for j, i in enumerate(rows):
-                if not result.checked[j]:
-                    continue
-                p = result.proba[j]
-                quality[i] = p[given[j]]
-                suggested[i], suggested_score[i] = labels[int(p.argmax())], float(p.max())
-                if result.issue_rank[j] < 0:
-                    continue
-                counts["suspected_label_errors"] += 1
-                if winner[i] in ("human", "consensus"):
-                    counts["not_acted_on_human_labels"] += 1  # people already decided this row
-                    continue
-                if dp.action == "drop":
-                    drop[i] = True
-                    counts["dropped"] += 1
-                elif dp.action == "relabel" and p.max() >= dp.relabel_threshold and int(p.argmax()) != given[j]:
-                    cand.put("model", i, labels[int(p.argmax())], float(p.max()), "model:logistic_regression(relabel)")
-                    counts["relabelled"] += 1
-                else:
-                    review[i] = review[i] or "suspected_label_error"
-                    counts["flagged_to_review"] += 1
-            checked = result.checked
-            oof_acc = float((result.proba[checked].argmax(1) == given[checked]).mean()) if checked.any() else None
-            detection_metrics.update(ran=True, folds=result.folds, rows_checked=int(checked.sum()),
-                                     oof_accuracy=oof_acc, **counts)
-        else:
-            detection_metrics["skipped"] = "fewer than two classes with two or more labelled rows"
-    elif dp.enabled:
-        detection_metrics["skipped"] = "no features"
-    else:
+    if not dp.enabled:
         detection_metrics["skipped"] = "disabled"
+        return drop, detection_metrics
+    if features is None:
+        detection_metrics["skipped"] = "no features"
+        return drop, detection_metrics
+    rows = np.array([i for i in range(n) if winner[i] is not None], dtype=np.int64)
+    given = np.array([index[cand.label[winner[i]][i]] for i in rows], dtype=np.int64)
+    result = detect(features[rows], given, n_classes=len(labels), folds=dp.folds, seed=seed, c=dp.c,
+                    max_iter=dp.max_iter, filter_by=dp.filter_by) if len(rows) else None
+    if result is None or not result.folds:
+        detection_metrics["skipped"] = "fewer than two classes with two or more labelled rows"
+        return drop, detection_metrics
+    counts = {"suspected_label_errors": 0, "flagged_to_review": 0, "dropped": 0, "relabelled": 0,
+              "not_acted_on_human_labels": 0}
+    for j, i in enumerate(rows):
+        if not result.checked[j]:
+            continue
+        p = result.proba[j]
+        review.quality[i] = p[given[j]]
+        review.suggested[i], review.suggested_score[i] = labels[int(p.argmax())], float(p.max())
+        if result.issue_rank[j] < 0:
+            continue
+        counts["suspected_label_errors"] += 1
+        if winner[i] in ("human", "consensus"):
+            counts["not_acted_on_human_labels"] += 1  # people already decided this row
+            continue
+        if dp.action == "drop":
+            drop[i] = True
+            counts["dropped"] += 1
+        elif dp.action == "relabel" and p.max() >= dp.relabel_threshold and int(p.argmax()) != given[j]:
+            cand.put("model", i, labels[int(p.argmax())], float(p.max()), "model:logistic_regression(relabel)")
+            counts["relabelled"] += 1
+        else:
+            review.queue(i, "suspected_label_error")
+            counts["flagged_to_review"] += 1
+    checked = result.checked
+    oof_acc = float((result.proba[checked].argmax(1) == given[checked]).mean()) if checked.any() else None
+    detection_metrics.update(ran=True, folds=result.folds, rows_checked=int(checked.sum()), oof_accuracy=oof_acc,
+                             **counts)
+    return drop, detection_metrics
 
-    # model labels for rows still without any label
-    ap = params.auto_label
+
+def model_candidates(cand: _Candidates, review: _Review, task: TaskLabels, params: LabelParams, *,
+                     features: np.ndarray | None, seed: int, mapped: list[str | None], drop: np.ndarray
+                     ) -> dict[str, Any]:
+    """Model labels for rows still without any label: confident ones become `model` candidates, the rest are
+    queued for review. Returns the auto-labeller's counts."""
+    labels = list(task.labels)
+    index = {lab: i for i, lab in enumerate(labels)}
+    ap, dp = params.auto_label, params.detection
     winner = cand.resolve(params.precedence)
-    waiting = [i for i in range(n) if winner[i] is None and mapped[i] is None]
-    auto_metrics: dict[str, Any] = {"unlabeled_rows": len(unlabeled), "rule_conflicts": rule_conflicts,
-                                    "by_rule": int(sum(1 for i in unlabeled if cand.label["rule"][i] is not None))}
+    waiting = [i for i in range(cand.n) if winner[i] is None and mapped[i] is None]
     by_model = to_review = 0
     if ap.enabled and features is not None and waiting:
-        train_rows = [i for i in range(n) if winner[i] is not None and not drop[i]]
+        train_rows = [i for i in range(cand.n) if winner[i] is not None and not drop[i]]
         if len({cand.label[winner[i]][i] for i in train_rows}) >= 2:
             y = np.array([index[cand.label[winner[i]][i]] for i in train_rows])
             model = classifier(kind=ap.model, c=dp.c, max_iter=dp.max_iter,
                                knn_k=min(ap.knn_k, len(train_rows)), seed=seed)
             proba = fit_proba(model, features[train_rows], y, features[waiting], len(labels))
             for i, p in zip(waiting, proba):
-                suggested[i], suggested_score[i] = labels[int(p.argmax())], float(p.max())
+                review.suggested[i], review.suggested_score[i] = labels[int(p.argmax())], float(p.max())
                 if p.max() >= ap.threshold:
                     cand.put("model", i, labels[int(p.argmax())], float(p.max()), f"model:{ap.model}")
                     by_model += 1
                 else:
-                    review[i] = review[i] or "low_confidence_auto_label"
+                    review.queue(i, "low_confidence_auto_label")
                     to_review += 1
-    auto_metrics.update(by_model=by_model, to_review=to_review)
+    return {"by_model": by_model, "to_review": to_review}
 
-    # final labels by precedence
+
+def assemble(frame: pd.DataFrame, cand: _Candidates, review: _Review, task: TaskLabels, params: LabelParams, *,
+             mapped: list[str | None], drop: np.ndarray, annotations: ann.Parsed, human: dict[str, Any],
+             detection_metrics: dict[str, Any], auto_metrics: dict[str, Any]) -> LabelResult:
+    """Final labels by precedence, with provenance; the kept rows, the quarantine, the review queue and metrics."""
+    labels = list(task.labels)
+    n = cand.n
     winner = cand.resolve(params.precedence)
     out = frame.copy()
     out["source_label"] = frame["label"]
@@ -291,17 +345,18 @@ def label(frame: pd.DataFrame, task: TaskLabels, params: LabelParams, *, payload
     out["label_confidence"] = [cand.confidence[w][i] if w else 0.0 for i, w in enumerate(winner)]
     out["label_annotators"] = [cand.annotators[w][i] if w else "" for i, w in enumerate(winner)]
     out["labeled_by"] = [cand.by[w][i] if w else "" for i, w in enumerate(winner)]
-    out["label_quality"] = quality
-    out["suggested_label"] = suggested
-    out["suggested_score"] = suggested_score
+    out["label_quality"] = review.quality
+    out["suggested_label"] = review.suggested
+    out["suggested_score"] = review.suggested_score
     reason = pd.Series(None, index=frame.index, dtype="object")
     for i, w in enumerate(winner):
         if w is None:
             reason.iloc[i] = "missing_label" if mapped[i] is None else "label_not_in_set"
-            review[i] = review[i] or ("unlabeled" if mapped[i] is None else None)
+            if mapped[i] is None:
+                review.queue(i, "unlabeled")
         elif drop[i] and w not in ("human", "consensus"):
             reason.iloc[i] = "suspected_label_error"
-    out["review_reason"] = review
+    out["review_reason"] = review.reason
     keep = reason.isna().to_numpy()
     kept = out[keep].reset_index(drop=True)
     quarantine = out[~keep].copy()
@@ -312,6 +367,7 @@ def label(frame: pd.DataFrame, task: TaskLabels, params: LabelParams, *, payload
     queue["_order"] = queue["review_reason"].map({r: k for k, r in enumerate(REVIEW_REASONS)})
     queue = queue.sort_values(["_order", "label_quality", "id"], kind="stable", na_position="last")
     queue = queue.drop(columns="_order").reset_index(drop=True)
+    accepted, rejected, votes = human["accepted"], human["rejected"], human["votes"]
     rejected_frame = pd.DataFrame(rejected, columns=REJECTED_COLUMNS).astype(object)
 
     annotation_metrics = {
@@ -325,7 +381,7 @@ def label(frame: pd.DataFrame, task: TaskLabels, params: LabelParams, *, payload
         "items_annotated": len(votes),
         "annotators": len({a.annotator for a in accepted}),
         "ties": sum(v.tie for v in votes.values()),
-        "labels_changed_from_source": int(changed),
+        "labels_changed_from_source": int(human["changed"]),
         "agreement": ann.agreement(accepted, labels),
     }
     metrics = {
@@ -371,15 +427,16 @@ def load_label_params(params: dict[str, Any], task_name: str) -> tuple[TaskLabel
     return tl, build(LabelParams, section(params, "label"), "label")
 
 
-def write_review(queue: pd.DataFrame, *, json_path: str | Path, csv_path: str | Path, payload_column: str,
+def write_review(queue: pd.DataFrame, *, json_path: str | Path, csv_path: str | Path, modality: Any,
                  model_version: str) -> None:
     from stages.labeling import review
 
-    tasks = review.label_studio_tasks(queue, payload_column=payload_column, model_version=model_version)
+    column, show = modality.payload_column, modality.review_value
+    tasks = review.label_studio_tasks(queue, payload_column=column, model_version=model_version, show=show)
     with atomic_path(json_path) as tmp:
         tmp.write_text(review.dumps_tasks(tasks), encoding="utf-8")
     with atomic_path(csv_path) as tmp:
-        tmp.write_text(review.review_csv(queue, payload_column=payload_column), encoding="utf-8")
+        tmp.write_text(review.review_csv(queue, payload_column=column, show=show), encoding="utf-8")
 
 
 def main_label(argv: Sequence[str] | None) -> None:
@@ -424,8 +481,8 @@ def main_label(argv: Sequence[str] | None) -> None:
                    annotations=parsed, features=features)
     write_parquet(args.quarantine, result.quarantine)
     write_parquet(args.rejected, result.rejected)
-    write_review(result.review, json_path=args.review_json, csv_path=args.review_csv,
-                 payload_column=modality.payload_column, model_version=model_version(spec))
+    write_review(result.review, json_path=args.review_json, csv_path=args.review_csv, modality=modality,
+                 model_version=model_version(spec))
     from stages.contracts import check  # data contract at the label -> split boundary
     check(result.kept, "labeled", where=args.out, labels=tl.labels)
     write_parquet(args.out, result.kept)
@@ -468,12 +525,11 @@ def main_export_review(argv: Sequence[str]) -> None:
         frame = frame[frame["review_reason"].notna()]
     spec = dict(modality_section(section(params, "label.encoder"), modality, "label.encoder"))
     csv_path = args.csv or str(Path(args.out).with_suffix(".csv"))
-    write_review(frame, json_path=args.out, csv_path=csv_path, payload_column=modality.payload_column,
-                 model_version=model_version(spec))
+    write_review(frame, json_path=args.out, csv_path=csv_path, modality=modality, model_version=model_version(spec))
     if args.config:
-        is_text = bool(len(frame)) and isinstance(frame[modality.payload_column].iloc[0], str)
         with atomic_path(args.config) as tmp:
-            tmp.write_text(review.label_config(tl.labels, payload_column=modality.payload_column, is_text=is_text))
+            tmp.write_text(review.label_config(tl.labels, payload_column=modality.payload_column,
+                                               tag=modality.label_studio_tag))
     print(f"export-review {args.task}: {len(frame)} tasks -> {args.out}, {csv_path}")
 
 

@@ -273,8 +273,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__, quarantine=True, report=True).parse_args(argv)
 
     params = load_params()
-    sp = build(SplitParams, params.get("split"), "split")
-    labels = task_params(params, args.task).get("labels")
+    task = task_params(params, args.task)
+    # a task may set its own split keys (a spoken-word task groups by `voice`), merged over `split`
+    sp = build(SplitParams, {**(params.get("split") or {}), **(task.get("split") or {})},
+               f"split (with tasks.{args.task}.split)" if task.get("split") else "split")
+    labels = task.get("labels")
     frame = read_parquet(args.inp)
     with open_engine(engine_params(params)) as engine:
         result = split(frame, sp, seed=params["base"]["seed"], engine=engine)

@@ -141,7 +141,7 @@ def test_unknown_engine_kind_names_the_known_ones():
 
 
 def test_encoder_features_on_an_actor_pool_are_identical(built, ray_engine):
-    """label's features under ray: one chunk per encoder batch on an actor pool, bit for bit the local features."""
+    """label's features under ray: one chunk per encoder batch on an actor pool, the local features to float tolerance."""
     import numpy as np
 
     from stages.common import load_params
@@ -153,7 +153,9 @@ def test_encoder_features_on_an_actor_pool_are_identical(built, ray_engine):
     images = list(pd.read_parquet(repo / "data/animals/clean.parquet")["image"][:40])
     local = extract(get_modality("image"), spec, images, batch_size=16)
     distributed = extract(get_modality("image"), spec, images, batch_size=16, engine=ray_engine)
-    assert local.shape == distributed.shape == (40, local.shape[1]) and np.array_equal(local, distributed)
+    # equal up to float summation order: an actor's torch may run on fewer threads than this process
+    assert local.shape == distributed.shape == (40, local.shape[1])
+    np.testing.assert_allclose(distributed, local, rtol=1e-4, atol=1e-4)
 
 
 def test_a_ray_worker_killed_mid_stage_completes_identically_or_fails_in_one_line(built, tmp_path):

@@ -156,7 +156,7 @@ class RayEngine:
         return [sorted(groups[first]) for first in sorted(groups)]
 
     def near_duplicate_pairs(self, modality: Any, params: Any, payloads: Sequence[Any]) -> np.ndarray:
-        plan = NEAR_DUPLICATE_PLANS.get(modality.name, _collected)
+        plan = NEAR_DUPLICATE_PLANS.get(modality.near_duplicate_method, _collected)
         return plan(self, modality, params, payloads)
 
     def map_chunks(self, setup: Callable[[], Callable[[list[Any]], Any]], values: Sequence[Any], *,
@@ -233,14 +233,14 @@ def _band_rows(batch: Any, *, ngram: int, num_perm: int, bands: int, seed: int, 
     """One row per (document, band): the band's bucket key, its shuffle partition, the document's position and text."""
     import pyarrow as pa
 
-    texts = batch["text"].to_pylist()
+    texts = batch["doc"].to_pylist()
     hashes, offsets = shingles(texts, ngram=ngram)
     keys = band_keys(minhash(hashes, offsets, num_perm=num_perm, seed=seed), bands=bands).ravel()
     repeat = np.repeat(np.arange(len(texts)), bands)
     # the keys are splitmix64 outputs, uniform: their residue spreads the buckets evenly over the partitions
     return pa.table({"part": (keys % np.uint64(parts)).astype(np.int32),
                      "band": np.tile(np.arange(bands, dtype=np.int32), len(texts)), "key": keys,
-                     "pos": batch["pos"].to_numpy()[repeat], "text": batch["text"].take(pa.array(repeat))})
+                     "pos": batch["pos"].to_numpy()[repeat], "doc": batch["doc"].take(pa.array(repeat))})
 
 
 def _verified_pairs(partition: Any, *, ngram: int, threshold: float) -> Any:
@@ -270,7 +270,7 @@ def _verified_pairs(partition: Any, *, ngram: int, threshold: float) -> Any:
     # one text per document, shingled once
     documents, first_row = np.unique(doc_pairs.ravel(), return_index=True)
     rows_of = row_pairs.ravel()[first_row]
-    texts = partition["text"].take(pa.array(rows_of)).to_pylist()
+    texts = partition["doc"].take(pa.array(rows_of)).to_pylist()
     hashes, offsets = shingles(texts, ngram=ngram)
     pairs = np.stack([np.searchsorted(documents, left), np.searchsorted(documents, right)], axis=1).astype(np.int64)
     keep = jaccard_pairs(hashes, offsets, pairs) >= threshold
@@ -288,14 +288,14 @@ def _image_rows(batch: Any) -> Any:
 # ---------------------------------------------------------------- near-duplicate plans, per modality
 
 
-def _text_pairs(engine: RayEngine, modality: Any, params: Any, payloads: Sequence[str]) -> np.ndarray:
+def _minhash_pairs(engine: RayEngine, modality: Any, params: Any, payloads: Sequence[str]) -> np.ndarray:
     import pyarrow as pa
 
     n = len(payloads)
     if n < 2:
         return np.empty((0, 2), dtype=np.int64)
     nd = params.near_duplicates
-    ds = engine.dataset({"pos": np.arange(n, dtype=np.int64), "text": pa.array(list(payloads), pa.large_string())})
+    ds = engine.dataset({"pos": np.arange(n, dtype=np.int64), "doc": pa.array(list(payloads), pa.large_string())})
     parts = engine.partitions(n * nd.bands)
     rows = ds.map_batches(_band_rows, batch_format="pyarrow", fn_kwargs={
         "ngram": nd.ngram, "num_perm": nd.num_perm, "bands": nd.bands, "seed": nd.seed, "parts": parts})
@@ -309,7 +309,7 @@ def _text_pairs(engine: RayEngine, modality: Any, params: Any, payloads: Sequenc
     return np.stack([unique // n, unique % n], axis=1).astype(np.int64)
 
 
-def _image_pairs(engine: RayEngine, modality: Any, params: Any, payloads: Sequence[bytes]) -> np.ndarray:
+def _phash_pairs(engine: RayEngine, modality: Any, params: Any, payloads: Sequence[bytes]) -> np.ndarray:
     import pyarrow as pa
 
     n = len(payloads)
@@ -333,8 +333,8 @@ def _collected(engine: RayEngine, modality: Any, params: Any, payloads: Sequence
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
-# A modality without a plan here still runs under `ray`: its pairs are computed on the collected payloads.
-NEAR_DUPLICATE_PLANS: dict[str, Callable[[RayEngine, Any, Any, Sequence[Any]], np.ndarray]] = {
-    "text": _text_pairs,
-    "image": _image_pairs,
+# A modality whose near_duplicate_method has no plan here still runs under `ray`: its pairs are computed on the collected payloads.
+NEAR_DUPLICATE_PLANS: dict[str | None, Callable[[RayEngine, Any, Any, Sequence[Any]], np.ndarray]] = {
+    "minhash": _minhash_pairs,
+    "phash": _phash_pairs,
 }

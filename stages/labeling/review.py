@@ -1,16 +1,15 @@
 """The review queue in Label Studio's task-import JSON, and the same queue as CSV.
 
-Each Label Studio task carries `data` (the item id, the text or the image as a data URI, the current
-label and why it is queued) and a `predictions` block with the suggested label and its score, so an
+Each Label Studio task carries `data` (the item id, the payload as its modality shows it: the text, or an
+image or a recording as a data URI (`Modality.review_value`), the current label and why it is queued) and a `predictions` block with the suggested label and its score, so an
 annotator starts from a pre-annotation. Its JSON export comes back through `annotations.parse_label_studio`.
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
@@ -19,18 +18,9 @@ import pandas as pd
 from stages.labeling.annotations import ANNOTATOR_FIELD, ITEM_ID, LABEL_FIELD, csv_escape
 
 FROM_NAME = "label"  # the <Choices> tag name; Label Studio writes it into every result as `from_name`
-_MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
-          (b"RIFF", "image/webp")]
 
 
-def data_uri(payload: bytes) -> str:
-    mime = next((m for magic, m in _MAGIC if payload.startswith(magic)), "application/octet-stream")
-    return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
-
-
-def _data_value(payload: Any) -> Any:
-    if isinstance(payload, (bytes, bytearray)):
-        return data_uri(bytes(payload))
+def _as_is(payload: Any) -> Any:
     return payload
 
 
@@ -55,12 +45,15 @@ def review_columns(queue: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def label_studio_tasks(queue: pd.DataFrame, *, payload_column: str, model_version: str) -> list[dict]:
-    """Label Studio import tasks, one per queued row, each pre-annotated with the suggested label."""
+def label_studio_tasks(queue: pd.DataFrame, *, payload_column: str, model_version: str,
+                       show: Callable[[Any], Any] = _as_is) -> list[dict]:
+    """Label Studio import tasks, one per queued row, each pre-annotated with the suggested label.
+
+    `show` turns a payload into what the task carries (`Modality.review_value`: a data URI for bytes)."""
     cols = review_columns(queue)
     tasks = []
     for payload, row in zip(queue[payload_column], cols.itertuples(index=False)):
-        data = {ITEM_ID: row.id, payload_column: _data_value(payload), "current_label": _optional(row.current_label),
+        data = {ITEM_ID: row.id, payload_column: show(payload), "current_label": _optional(row.current_label),
                 "label_source": _optional(row.label_source), "review_reason": _optional(row.review_reason)}
         task: dict[str, Any] = {"data": data}
         suggested = _optional(row.suggested_label)
@@ -76,14 +69,14 @@ def label_studio_tasks(queue: pd.DataFrame, *, payload_column: str, model_versio
     return tasks
 
 
-def review_csv(queue: pd.DataFrame, *, payload_column: str) -> str:
+def review_csv(queue: pd.DataFrame, *, payload_column: str, show: Callable[[Any], Any] = _as_is) -> str:
     """The queue as CSV for people without Label Studio: fill in `label` (and `annotator`), then put it back.
 
     Cells that a spreadsheet would run as a formula are escaped (`annotations.csv_escape`); reading the file
     back with `annotations.parse_csv` reverses it.
     """
     cols = review_columns(queue).rename(columns={"id": ITEM_ID})
-    cols[payload_column] = [_data_value(p) for p in queue[payload_column]]
+    cols[payload_column] = [show(p) for p in queue[payload_column]]
     cols[LABEL_FIELD] = ""
     cols[ANNOTATOR_FIELD] = ""
     buffer = io.StringIO()
@@ -92,9 +85,10 @@ def review_csv(queue: pd.DataFrame, *, payload_column: str) -> str:
     return buffer.getvalue()
 
 
-def label_config(labels: Sequence[str], *, payload_column: str, is_text: bool) -> str:
-    """The Label Studio labelling config matching the tasks (`from_name`/`to_name` as in the predictions)."""
-    tag = "Text" if is_text else "Image"
+def label_config(labels: Sequence[str], *, payload_column: str, tag: str) -> str:
+    """The Label Studio labelling config matching the tasks (`from_name`/`to_name` as in the predictions).
+
+    `tag` is the object tag that shows a payload (`Modality.label_studio_tag`: Text, Image, Audio)."""
     choices = "\n".join(f"    <Choice value={quoteattr(lab)}/>" for lab in labels)
     return (f"<View>\n  <{tag} name={quoteattr(payload_column)} value=\"${payload_column}\"/>\n"
             f"  <Choices name=\"{FROM_NAME}\" toName={quoteattr(payload_column)} choice=\"single\" showInline=\"true\">\n"

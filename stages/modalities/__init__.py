@@ -13,7 +13,7 @@ from stages.modalities.base import Modality
 MODALITIES: dict[str, Modality] = {}
 
 # Modules that register built-in modalities; imported lazily so importing the registry is cheap.
-_BUILTIN = ("stages.modalities.text", "stages.modalities.image")
+_BUILTIN = ("stages.modalities.text", "stages.modalities.image", "stages.modalities.audio")
 
 
 def register(name: str):
@@ -28,17 +28,28 @@ def register(name: str):
     return wrap
 
 
-def get_modality(name: str) -> Modality:
-    """Return the registered modality, or a one-line ValueError naming the known ones."""
+def _load_builtins() -> None:
     for module in _BUILTIN:
         importlib.import_module(module)
+
+
+def registered() -> list[Modality]:
+    """Every registered modality, built-in ones included, in name order."""
+    _load_builtins()
+    return [MODALITIES[name] for name in sorted(MODALITIES)]
+
+
+def get_modality(name: str) -> Modality:
+    """Return the registered modality, or a one-line ValueError naming the known ones."""
+    _load_builtins()
     try:
         return MODALITIES[name]
     except KeyError:
         raise ValueError(f"unknown modality {name!r}; known: {sorted(MODALITIES)}") from None
 
 
-__all__ = ["MODALITIES", "Modality", "check_backbone", "get_modality", "modality_section", "register", "task_modality"]
+__all__ = ["MODALITIES", "Modality", "check_backbone", "get_modality", "modality_section", "register", "registered",
+           "task_modality"]
 
 
 def modality_section(sections: dict[str, Any], modality: Modality, where: str) -> Any:

@@ -2,26 +2,66 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+def data_uri(payload: bytes, mime: str) -> str:
+    """`payload` as a `data:` URI (how a Label Studio task carries an image or a recording)."""
+    return f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What a generated source (`Modality.generated_sources`) yields: one dict per row with `payload`, `label`,
+    `source_ref` and any provenance columns (a voice, a rate), the source's name and licence, and the time
+    its inputs were made (the rows' `acquired_at`, so a rerun yields the same table)."""
+
+    rows: list[dict[str, Any]]
+    source_name: str
+    license: str
+    modified: float
 
 
 class Modality:
     """What a stage may ask of a kind of data.
 
-    A payload is the value in column `payload_column`: a `str` for text, PNG `bytes` for images.
+    A payload is the value in column `payload_column`, of type `payload_type`: a `str` for text, PNG `bytes` for
+    images, 16-bit PCM WAV `bytes` for audio. Stages never test a modality's name or its payload's type: what
+    differs between modalities is asked of the modality (this interface), so a new one is one new module.
     """
 
     name: str = ""
     payload_column: str = ""
+    payload_type: type = object       # the Python type of a payload (the data contracts check it)
+    label_studio_tag: str = ""        # the Label Studio object tag that shows a payload: Text, Image, Audio
+    input_suffixes: tuple[str, ...] = ()  # file suffixes `predict` reads from a folder as one input each
     # names in `stages.baselines.BASELINES`: the simple models every evaluation scores beside the fine-tuned one
     baselines: tuple[str, ...] = ()
+    # how clean finds near duplicates, for engines that distribute it (`stages/engine`): "minhash" (shingle MinHash +
+    # LSH bands, exact Jaccard), "phash" (perceptual hash + thumbnail correlation); None = on the collected payloads
+    near_duplicate_method: str | None = None
 
     # ---- acquire
     def from_bytes(self, raw: bytes) -> tuple[Any, str | None]:
         """Turn one source file's bytes into `(payload, text_encoding_or_None)`; clean validates later."""
         raise NotImplementedError
+
+    def payload_bytes(self, payload: Any) -> bytes:
+        """The bytes a raw payload is fingerprinted by (`sha256` provenance); a missing payload is no bytes."""
+        if payload is None:
+            return b""
+        return payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+
+    def generated_sources(self) -> dict[str, Any]:
+        """Source kinds this modality generates itself (`tasks.<task>.source.kind`), by name.
+
+        Each is `fn(spec, seed) -> Generated`; acquire turns the rows into its table like any other source's.
+        """
+        return {}
 
     # ---- clean
     def clean_params(self, values: dict[str, Any]) -> Any:
@@ -103,3 +143,42 @@ class Modality:
     def decode_input(self, value: Any) -> Any:
         """Turn one serving input value (str text, or image bytes) into a payload for `to_batch`."""
         return value
+
+    def from_input(self, value: Any) -> Any:
+        """One value a user sent to a served model, before clean's rules: bytes are read as a source file is
+        (`from_bytes`: text is decoded as acquire decodes files); anything else passes to `normalise` as it is."""
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return self.from_bytes(bytes(value))[0]
+        return value
+
+    # ---- review and prediction inputs
+    def review_value(self, payload: Any) -> Any:
+        """A payload as a Label Studio task shows it (`data.<payload_column>`): the text itself, or a data URI."""
+        return payload
+
+    def read_inputs(self, path: Path, *, column: str) -> Any:
+        """What `predict` reads: a folder of (or one) `input_suffixes` file(s), or a CSV whose `column` holds payloads.
+
+        Returns a DataFrame with the payload column and a `file` column (absent for a CSV, whose payloads are the keys).
+        """
+        import pandas as pd
+
+        from stages.common import StageError
+
+        suffixes = set(self.input_suffixes)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+                           and not p.is_symlink())
+            if not files:
+                raise StageError(f"{path}: no {self.name} files ({', '.join(sorted(suffixes))})")
+            return pd.DataFrame({"file": [str(p) for p in files],
+                                 self.payload_column: [self.from_bytes(p.read_bytes())[0] for p in files]})
+        if path.suffix.lower() in suffixes and path.is_file():
+            return pd.DataFrame({"file": [str(path)], self.payload_column: [self.from_bytes(path.read_bytes())[0]]})
+        if path.suffix.lower() == ".csv" and path.is_file():
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+            if column not in frame.columns:
+                raise StageError(f"{path}: column {column!r} not found; columns: {list(frame.columns)}")
+            return frame.rename(columns={column: self.payload_column})
+        kinds = ", ".join(sorted(suffixes)) or "no files"
+        raise StageError(f"{path}: not found, or not a .csv, a {self.name} file ({kinds}) or a folder of them")

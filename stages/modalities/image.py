@@ -12,10 +12,13 @@ from typing import Any
 
 from stages.common import build
 from stages.modalities import register
-from stages.modalities.base import Modality
+from stages.modalities.base import Modality, data_uri
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# a review task's data URI names its type: sniffed from the magic numbers (clean stores PNG; raw rows may be others)
+_MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
+          (b"RIFF", "image/webp")]
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,11 @@ def to_eight_bit(image: Any) -> Any:
 @register("image")
 class ImageModality(Modality):
     payload_column = "image"
+    payload_type = bytes
+    label_studio_tag = "Image"
+    input_suffixes = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
     baselines = ("small_cnn",)
+    near_duplicate_method = "phash"
 
     def from_bytes(self, raw: bytes) -> tuple[bytes, None]:
         return raw, None
@@ -223,6 +230,11 @@ class ImageModality(Modality):
 
     def decode_input(self, value: Any) -> bytes:
         return bytes(value)
+
+    def review_value(self, payload: bytes) -> str:
+        payload = bytes(payload)
+        mime = next((m for magic, m in _MAGIC if payload.startswith(magic)), "application/octet-stream")
+        return data_uri(payload, mime)
 
 
 def _efficientnet_lite0(spec: dict[str, Any], *, pretrained: bool) -> Any:

@@ -105,7 +105,11 @@ def repair_encoding(text: str) -> str:
 @register("text")
 class Text(Modality):
     payload_column = "text"
+    payload_type = str
+    label_studio_tag = "Text"
+    input_suffixes = (".txt",)
     baselines = ("tfidf_svm",)
+    near_duplicate_method = "minhash"
 
     def from_bytes(self, raw: bytes) -> tuple[str, str]:
         return decode_text(raw)

@@ -30,8 +30,8 @@ def test_builtin_modalities_are_registered_with_their_payload_columns():
 
 
 def test_unknown_modality_names_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown modality 'audio'.*'image'.*'text'"):
-        get_modality("audio")
+    with pytest.raises(ValueError, match=r"unknown modality 'video'.*'audio'.*'image'.*'text'"):
+        get_modality("video")
 
 
 def test_register_adds_a_modality_without_touching_stages(monkeypatch):
