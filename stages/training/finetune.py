@@ -17,11 +17,11 @@ from stages.model import Classifier, batched_forward, make_head, to_device
 from stages.training.frozen import trainable_parameters
 from stages.training.distributed import shard
 from stages.training.loop import EpochCallback, fit_epochs, loop_args, score
-from stages.training.strategy import FitResult, SplitData, register
+from stages.training.strategy import FitResult, SplitData, StrategyDefaults, register
 
 
 @register("full")
-class FullStrategy:
+class FullStrategy(StrategyDefaults):
     """Fine-tune the whole pretrained network; each trial starts from the pretrained weights."""
 
     def __init__(self, modality: Modality, spec: dict[str, Any], data: SplitData, *, metric: str, patience: int,
@@ -32,15 +32,6 @@ class FullStrategy:
         self.n_classes = int(max(data.train_labels.max(), data.val_labels.max())) + 1
 
     pretrained = True
-    spec_section = "model"
-
-    @classmethod
-    def complete_spec(cls, spec: dict[str, Any], tp: Any) -> dict[str, Any]:
-        return spec
-
-    @classmethod
-    def search_space(cls, tp: Any) -> dict[str, dict[str, Any]]:
-        return tp.search[cls.name]
 
     def build(self, hp: dict[str, Any]) -> Classifier:
         backbone = self.modality.build_backbone(self.spec, pretrained=self.pretrained)

@@ -21,7 +21,7 @@ from stages.modalities import Modality
 from stages.model import Classifier, autocast, batched_forward, make_head, to_device
 from stages.training.distributed import shard
 from stages.training.loop import EpochCallback, fit_epochs, loop_args, score
-from stages.training.strategy import FitResult, SplitData, register
+from stages.training.strategy import FitResult, SplitData, StrategyDefaults, register
 
 
 def trainable_parameters(module: nn.Module) -> int:
@@ -30,18 +30,8 @@ def trainable_parameters(module: nn.Module) -> int:
 
 
 @register("head")
-class HeadStrategy:
+class HeadStrategy(StrategyDefaults):
     """Frozen backbone: features are extracted once (and cached), each trial trains only a head."""
-
-    spec_section = "model"
-
-    @classmethod
-    def complete_spec(cls, spec: dict[str, Any], tp: Any) -> dict[str, Any]:
-        return spec
-
-    @classmethod
-    def search_space(cls, tp: Any) -> dict[str, dict[str, Any]]:
-        return tp.search[cls.name]
 
     def saved_config(self, hp: dict[str, Any]) -> dict[str, Any]:
         return {}

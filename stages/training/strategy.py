@@ -88,6 +88,21 @@ class Strategy(Protocol):
         parameters."""
 
 
+class StrategyDefaults:
+    """What most strategies share: the model spec of `train.model` as written, and `train.search.<name>`."""
+
+    name: str
+    spec_section = "model"
+
+    @classmethod
+    def complete_spec(cls, spec: dict[str, Any], tp: Any) -> dict[str, Any]:
+        return spec
+
+    @classmethod
+    def search_space(cls, tp: Any) -> dict[str, dict[str, Any]]:
+        return tp.search[cls.name]
+
+
 STRATEGIES: dict[str, type] = {}
 
 
