@@ -16,54 +16,18 @@ import argparse
 import base64
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.serving_utils import mlflow_serve  # noqa: E402  (the same server start-up the pipeline tests use)
+
 BATCHES = (1, 32)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def served(repo: Path, uri: str, *, timeout: float = 300) -> Iterator[str]:
-    """`mlflow models serve` on 127.0.0.1 (as `make serve`), stopped (its process group) on exit."""
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{repo.resolve() / 'mlflow.db'}",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    process = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", uri,
-                                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                               cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"error: mlflow models serve -m {uri} exited {process.returncode}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(url + "/ping", timeout=5) as response:
-                if response.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"error: mlflow models serve -m {uri} did not answer /ping in {timeout:.0f} s")
-            time.sleep(1)
-        yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait()
 
 
 def measure(call: Callable[[int], None], *, requests: int, seconds: float) -> list[float]:
@@ -115,7 +79,7 @@ def main() -> None:
     for alias in args.aliases:
         uri = f"models:/{args.task}-classifier@{alias}"
         cells: list[tuple[str, int, list[float]]] = []
-        with (served(args.repo, uri) if "http" in args.paths else contextlib.nullcontext()) as url:
+        with (mlflow_serve(args.repo, uri, timeout=300) if "http" in args.paths else contextlib.nullcontext()) as url:
             for batch in BATCHES if "http" in args.paths else ():
                 bodies = [as_json(rows(batch, i)) for i in range(args.requests + 1)]
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -29,8 +30,13 @@ def mlflow_serve(repo: Path, model_uri: str, *, timeout: float = 180) -> Iterato
     """`mlflow models serve -m MODEL_URI --env-manager local` bound to 127.0.0.1 (as `make serve` runs it), from
     `repo` with its SQLite store; yields the base URL once /ping answers; stops the server (its process group)."""
     port = free_port()
-    server_env = {**env(), "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
-    log = (repo / f"serve-{port}.log").open("w")
+    server_env = {**env(), "MLFLOW_TRACKING_URI": f"sqlite:///{repo.resolve() / 'mlflow.db'}"}
+    log = tempfile.TemporaryFile("w+")  # the server's output, for the error; nothing is written into `repo`
+
+    def tail() -> str:
+        log.seek(0)
+        return log.read()[-4000:]
+
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
@@ -40,14 +46,13 @@ def mlflow_serve(repo: Path, model_uri: str, *, timeout: float = 180) -> Iterato
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise AssertionError(f"mlflow models serve exited {process.returncode}:\n"
-                                     + (repo / f"serve-{port}.log").read_text()[-4000:])
+                raise AssertionError(f"mlflow models serve -m {model_uri} exited {process.returncode}:\n{tail()}")
             with contextlib.suppress(OSError):
                 if get(url + "/ping")[0] == 200:
                     break
             if time.monotonic() > deadline:
-                raise AssertionError("mlflow models serve did not answer /ping in time:\n"
-                                     + (repo / f"serve-{port}.log").read_text()[-4000:])
+                raise AssertionError(f"mlflow models serve -m {model_uri} did not answer /ping in {timeout:.0f} s:\n"
+                                     f"{tail()}")
             time.sleep(1)
         yield url
     finally:
