@@ -16,7 +16,7 @@ from stages.modalities import Modality
 from stages.model import Classifier, batched_forward, make_head, to_device
 from stages.training.frozen import trainable_parameters
 from stages.training.distributed import shard
-from stages.training.loop import EpochCallback, fit_epochs, loop_args, score
+from stages.training.loop import EpochCallback, fit_epochs, loop_args, score, val_loss
 from stages.training.strategy import FitResult, SplitData, StrategyDefaults, register
 
 
@@ -61,11 +61,12 @@ class FullStrategy(StrategyDefaults):
                 batch = self.modality.to_batch([payloads[i] for i in idx], self.spec, backbone)
                 yield to_device(batch, self.device), labels[idx].to(self.device)
 
-        def evaluate() -> float:
+        def evaluate() -> tuple[float, float]:
             model.eval()
             logits = batched_forward(model, self.modality, self.spec, self.data.val_payloads, backbone,
                                      batch_size=self.eval_batch, device=self.device)
-            return score(self.metric, self.data.val_labels, logits.argmax(1))
+            labels = self.data.val_labels
+            return score(self.metric, labels, logits.argmax(1)), val_loss(logits, labels)
 
         best, best_epoch, epochs = fit_epochs(model, batches=batches, evaluate=evaluate, patience=self.patience,
                                               device=self.device, on_epoch=on_epoch, **loop_args(hp),

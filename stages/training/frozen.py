@@ -20,7 +20,7 @@ from stages.labeling.features import cached_extract
 from stages.modalities import Modality
 from stages.model import Classifier, autocast, batched_forward, make_head, to_device
 from stages.training.distributed import shard
-from stages.training.loop import EpochCallback, fit_epochs, loop_args, score
+from stages.training.loop import EpochCallback, fit_epochs, loop_args, score, val_loss
 from stages.training.strategy import FitResult, SplitData, StrategyDefaults, register
 
 
@@ -86,11 +86,11 @@ class HeadStrategy(StrategyDefaults):
                     continue
                 yield self.x_train[idx], self.y_train[idx]
 
-        def evaluate() -> float:
+        def evaluate() -> tuple[float, float]:
             head.eval()
             with torch.inference_mode(), autocast(self.device):
-                pred = head(self.x_val).float().argmax(1).cpu().numpy()
-            return score(self.metric, self.y_val, pred)
+                logits = head(self.x_val).float().cpu().numpy()
+            return score(self.metric, self.y_val, logits.argmax(1)), val_loss(logits, self.y_val)
 
         best, best_epoch, epochs = fit_epochs(head, batches=batches, evaluate=evaluate, patience=self.patience,
                                               device=self.device, on_epoch=on_epoch, **loop_args(hp),

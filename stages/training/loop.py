@@ -72,7 +72,14 @@ def torch_scheduler(schedule: str, optimizer: torch.optim.Optimizer, *, lr: floa
                                                pct_start=WARMUP)
 
 
-def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Callable[[], float],
+def val_loss(logits: Any, labels: np.ndarray) -> float:
+    """The mean cross-entropy of `logits` (numpy or torch) against `labels`: the tie-break between equal metrics."""
+    logits = torch.as_tensor(np.asarray(logits, dtype=np.float32))
+    return float(nn.functional.cross_entropy(logits, torch.as_tensor(np.asarray(labels)).long()))
+
+
+def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any],
+               evaluate: Callable[[], float | tuple[float, float]],
                lr: float, weight_decay: float, max_epochs: int, patience: int, device: torch.device,
                on_epoch: EpochCallback, lr_schedule: str = "constant",
                schedule_epochs: int | None = None, label_smoothing: float = 0.0,
@@ -87,8 +94,11 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
     cross-entropy's. `accumulate` batches add their gradients up before each optimiser step (gradient
     accumulation: the effective batch is `accumulate` times larger at the memory of one). `after_step(step)` runs
     after each optimiser step (`step` counts from 0), gradients still in place (AdaLoRA allocates its ranks
-    there). Returns `(best_metric, best_epoch, epochs_run)`. `on_epoch` may raise (e.g.
-    TrialPruned).
+    there). `evaluate` returns the val metric, or `(metric, val_loss)`: then an epoch that ties the best metric
+    and lowers the val loss is the better one (and counts as progress for early stopping), so a small val split
+    whose metric saturates (every row right from epoch 3 on) keeps training while the model still grows more
+    confident, instead of stopping at its first perfect epoch. Returns `(best_metric, best_epoch, epochs_run)`.
+    `on_epoch` may raise (e.g. TrialPruned).
     """
     horizon = schedule_epochs or max_epochs
     if lr_schedule not in TORCH_SCHEDULES:
@@ -109,7 +119,7 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
         if scheduler is not None and scheduler.last_epoch < scheduler.total_steps - 1:
             scheduler.step()
 
-    best_metric, best_epoch, best_state, stale = -math.inf, -1, None, 0
+    best_metric, best_loss, best_epoch, best_state, stale = -math.inf, math.inf, -1, None, 0
     epoch, global_step = -1, 0
     # under DDP (stages/training/distributed.py) every rank trains on its shard of each batch; rank 0 evaluates,
     # reports, and its metric and its decision to stop are broadcast, so all ranks run the same steps
@@ -153,18 +163,21 @@ def fit_epochs(module: nn.Module, *, batches: Callable[[int], Any], evaluate: Ca
                 optimizer_step()
             if not steps_per_epoch:
                 advance()
-            metric = evaluate() if rank == 0 else 0.0
+            result = evaluate() if rank == 0 else (0.0, math.nan)
+            metric, loss = (float(result[0]), float(result[1])) if isinstance(result, tuple) else (result, math.nan)
             if world > 1:
-                metric = broadcast_value(metric)
-            if metric > best_metric:
-                best_metric, best_epoch, stale = metric, epoch, 0
+                metric, loss = broadcast_value(metric), broadcast_value(loss)
+            # NaN (no loss given) never wins a tie
+            if metric > best_metric or (metric == best_metric and loss < best_loss):
+                best_metric, best_loss, best_epoch, stale = metric, loss, epoch, 0
                 best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
             else:
                 stale += 1
             stopped, error = 0.0, None
             if rank == 0:
                 try:
-                    on_epoch(epoch, {"val_metric": metric, "train_loss": total / max(count, 1)})
+                    logged = {"val_metric": metric, "train_loss": total / max(count, 1)}
+                    on_epoch(epoch, logged if math.isnan(loss) else {**logged, "val_loss": loss})
                 except BaseException as exc:  # TrialPruned: the followers stop with rank 0
                     stopped, error = 1.0, exc
             if world > 1:

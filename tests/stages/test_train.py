@@ -83,6 +83,30 @@ def test_fit_epochs_restores_best_epoch_and_stops_early():
     assert torch.equal(module.weight.detach(), snapshots[0.9])
 
 
+def test_a_tied_metric_goes_to_the_lower_val_loss_and_keeps_training():
+    """A saturated val metric (1.0 from epoch 1 on) with a falling val loss: each tie with a lower loss is the new
+    best and resets patience; the first tie with a higher loss is not."""
+    torch.manual_seed(0)
+    module = torch.nn.Linear(2, 2)
+    scripted = iter([(0.8, 0.9), (1.0, 0.5), (1.0, 0.4), (1.0, 0.3), (1.0, 0.35), (1.0, 0.36), (1.0, 0.2)])
+    snapshots, logged = {}, []
+
+    def evaluate():
+        value = next(scripted)
+        snapshots[value] = module.weight.detach().clone()
+        return value
+
+    def batches(epoch):
+        yield torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+
+    best, best_epoch, epochs = fit_epochs(module, batches=batches, evaluate=evaluate, lr=0.5, weight_decay=0.0,
+                                          max_epochs=7, patience=2, device=torch.device("cpu"),
+                                          on_epoch=lambda e, m: logged.append(m))
+    assert (best, best_epoch, epochs) == (1.0, 3, 6)  # epochs 4 and 5 tie with higher losses: patience runs out
+    assert torch.equal(module.weight.detach(), snapshots[(1.0, 0.3)])
+    assert [m["val_loss"] for m in logged] == [0.9, 0.5, 0.4, 0.3, 0.35, 0.36]
+
+
 @pytest.fixture
 def learning_rates(monkeypatch) -> list[float]:
     """The learning rate of every real AdamW step taken while the test runs, in order."""
