@@ -1,18 +1,20 @@
-"""Training throughput of one MiniLM (or `--backbone mpnet_base`) full fine-tune (sequence length 128) in three
-setups, on identical data.
+"""Training throughput of one MiniLM (or `--backbone mpnet_base`) fine-tune (sequence length 128), full or
+`--method lora`, in three setups, on identical data.
 
-- `ours bf16`: `stages.training.loop.fit_epochs`, the loop every strategy trains with (fused AdamW, bf16 autocast, CUDA
-  TF32, and on CPU the counter-based dropout of `stages/dropout.py`).
+- `ours`: `stages.training.loop.fit_epochs`, the loop every strategy trains with (fused AdamW, bf16 autocast where
+  bf16 is native (`ours bf16`; `ours fp32` on other CPUs), CUDA TF32, and on CPU the counter-based dropout of
+  `stages/dropout.py`).
 - `plain fp32`: the textbook PyTorch loop, no autocast.
 - `hf trainer`: transformers' Trainer with default settings (fp32), and with `bf16=True` (`--trainer-bf16`).
 
 Every setup starts from the same pretrained weights and trains on the same pre-tokenised batches (fixed length,
 so tokens/step are exact). The first `--warmup` steps are not timed. A large bf16 and fp32 matmul measured in
 the same run gives the roofline; achieved GFLOP/s use 6 x non-embedding params x tokens (embedding rows are
-gathered, not multiplied, and would inflate the count ~2x for MiniLM). Issue 5's target on CPU: ours >= 1.5x plain fp32.
+gathered, not multiplied, and would inflate the count ~2x for MiniLM); LoRA computes no weight gradients of the
+frozen encoder, so its count is 4 x params x tokens. Issue 5's target on CPU: ours >= 1.5x plain fp32.
 
-    .venv/bin/python benchmarks/throughput.py [--backbone minilm_l6|mpnet_base] [--threads 2] [--batch-size 16]
-        [--steps 4] [--repeats 3] [--device cpu|cuda]
+    .venv/bin/python benchmarks/throughput.py [--backbone minilm_l6|mpnet_base] [--method full|lora] [--threads 2]
+        [--batch-size 16] [--steps 4] [--repeats 3] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SPEC = {"backbone": "minilm_l6", "max_length": 128, "pooling": "mean"}
 N_CLASSES = 5
 SETUPS = ("ours", "plain", "trainer")
+# --method lora: peft LoRA on the attention's query and value projections (each backbone names them its own way)
+LORA = {"r": 8, "alpha": 16, "targets": {"minilm_l6": ["query", "value"], "mpnet_base": ["q", "v"]}}
 
 
 def synchronize(device) -> None:
@@ -60,11 +64,16 @@ def matmul_gflops(dtype, device, *, n: int, reps: int) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def build_model(device, backbone_name: str = SPEC["backbone"]):
+def build_model(device, backbone_name: str = SPEC["backbone"], method: str = "full"):
     from stages.modalities import get_modality
     from stages.model import Classifier, make_head
 
     backbone = get_modality("text").build_backbone({**SPEC, "backbone": backbone_name}, pretrained=True)
+    if method == "lora":  # as strategy `lora` builds it: the encoder frozen, adapters and head trained
+        from peft import LoraConfig, get_peft_model
+
+        backbone.encoder = get_peft_model(backbone.encoder, LoraConfig(
+            r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.1, target_modules=LORA["targets"][backbone_name]))
     return Classifier(backbone, make_head(backbone.feature_dim, N_CLASSES, hidden=0, dropout=0.1)).to(device)
 
 
@@ -173,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--backbone", default=SPEC["backbone"], choices=["minilm_l6", "mpnet_base"],
                         help="text backbone (mpnet_base: all-mpnet-base-v2, 109.5M parameters)")
+    parser.add_argument("--method", default="full", choices=["full", "lora"],
+                        help=f"full fine-tune, or LoRA r {LORA['r']} alpha {LORA['alpha']} on query and value")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per setup")
@@ -183,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trainer-bf16", action="store_true", help="also time the Trainer with bf16=True")
     parser.add_argument("--matmul-n", type=int, default=None, help="roofline matmul size (default 2048 CPU, 8192 CUDA)")
     parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="nominal bf16 peak for MFU (default: the measured bf16 matmul roofline)")
+                        help="nominal peak for MFU (default: the measured matmul roofline of the dtype ours runs in)")
     args = parser.parse_args(argv)
 
     import torch
@@ -205,17 +216,24 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {name}; torch {torch.__version__}")
     print(f"matmul roofline ({n}x{n}): bf16 {roof['bfloat16']:.1f} GFLOP/s, fp32 {roof['float32']:.1f} GFLOP/s")
 
-    pristine = build_model(torch.device("cpu"), args.backbone)
+    pristine = build_model(torch.device("cpu"), args.backbone, args.method)
     inputs, labels = make_batches(pristine.backbone.tokenizer, n=(args.steps + args.warmup) * args.batch_size, seed=0)
     params = sum(p.numel() for p in pristine.parameters())
     embedding = sum(p.numel() for name_, p in pristine.named_parameters() if "embeddings" in name_)
-    flops_per_sample = 6 * (params - embedding) * SPEC["max_length"]
-    print(f"{args.backbone} + linear head: {params / 1e6:.1f}M params ({(params - embedding) / 1e6:.1f}M non-embedding), "
-          f"seq {SPEC['max_length']}, batch {args.batch_size}, {args.steps} timed + {args.warmup} warm-up steps")
+    per_param = 4 if args.method == "lora" else 6  # lora: no weight gradients for the frozen matrices
+    flops_per_sample = per_param * (params - embedding) * SPEC["max_length"]
+    trainable = sum(p.numel() for p in pristine.parameters() if p.requires_grad)
+    print(f"{args.backbone} + linear head, {args.method}: {params / 1e6:.1f}M params ({(params - embedding) / 1e6:.1f}M "
+          f"non-embedding, {trainable / 1e6:.2f}M trained), seq {SPEC['max_length']}, batch {args.batch_size}, "
+          f"{args.steps} timed + {args.warmup} warm-up steps")
+
+    from stages.model import amp_dtype
 
     runs: dict[str, tuple[str, Callable[..., float]]] = {}
     if "ours" in setups:
-        runs["ours bf16"] = ("bfloat16", run_ours)
+        # ours autocasts to bf16 only where bf16 is native (stages.model.amp_dtype): label it with what it runs
+        ours_dtype = "bfloat16" if amp_dtype(device) is not None else "float32"
+        runs[f"ours {'bf16' if ours_dtype == 'bfloat16' else 'fp32'}"] = (ours_dtype, run_ours)
     if "plain" in setups:
         runs["plain fp32"] = ("float32", run_plain)
     if "trainer" in setups:
@@ -240,7 +258,10 @@ def main(argv: list[str] | None = None) -> None:
         print("per round samples/s: " + "; ".join(f"{label} " + ", ".join(f"{v:.2f}" for v in values)
                                                  for label, values in rounds.items()))
 
-    peak = args.peak_tflops * 1e3 if args.peak_tflops else roof["bfloat16"]
+    # MFU against the roofline of the dtype ours computes in: an emulated bf16 roofline (a CPU without native bf16,
+    # where ours runs fp32) is no peak of anything that runs
+    ours_roof = next((dtype for label, (dtype, _) in runs.items() if label.startswith("ours")), "bfloat16")
+    peak = args.peak_tflops * 1e3 if args.peak_tflops else roof[ours_roof]
     baseline = results.get("plain fp32", (None, None))[1]
     print(f"\n{'setup (median)':16} {'samples/s':>10} {'tokens/s':>10} {'GFLOP/s':>9} {'% of own-dtype roofline':>24} "
           f"{'MFU':>6} {'vs plain fp32':>14}")
@@ -249,10 +270,12 @@ def main(argv: list[str] | None = None) -> None:
         versus = f"{samples_s / baseline:13.2f}x" if baseline else f"{'-':>14}"
         print(f"{label:16} {samples_s:10.2f} {samples_s * SPEC['max_length']:10.0f} {gflops:9.1f} "
               f"{gflops / roof[dtype]:23.1%} {gflops / peak:6.1%} {versus}")
-    peak_src = f"--peak-tflops {args.peak_tflops}" if args.peak_tflops else "the measured bf16 matmul roofline"
-    print(f"(MFU = achieved / {peak_src}; FLOPs = 6 x {(params - embedding) / 1e6:.1f}M x tokens)")
-    if baseline and "ours bf16" in results and device.type == "cpu":
-        ratio = results["ours bf16"][1] / baseline
+    peak_src = (f"--peak-tflops {args.peak_tflops}" if args.peak_tflops
+                else f"the measured {'bf16' if ours_roof == 'bfloat16' else 'fp32'} matmul roofline")
+    print(f"(MFU = achieved / {peak_src}; FLOPs = {per_param} x {(params - embedding) / 1e6:.1f}M x tokens)")
+    ours = next((label for label in results if label.startswith("ours")), None)
+    if baseline and ours and device.type == "cpu":
+        ratio = results[ours][1] / baseline
         print(f"target ours >= 1.5x plain fp32 on CPU: {ratio:.2f}x -> {'met' if ratio >= 1.5 else 'missed'}")
 
 

@@ -172,7 +172,8 @@ def recover_stale_trials(study: optuna.Study) -> list[int]:
 def run_trial(trial: optuna.Trial, strategy: Any, space: dict[str, dict[str, Any]], *, seed: int,
               on_epoch: EpochCallback, prefix: str = "", nproc: int = 1) -> FitResult:
     """One Optuna trial: sample, fit with per-epoch reporting and pruning, record the best epoch. With `nproc` > 1
-    the fit runs under DDP on that many processes, this one rank 0 (stages/training/distributed.py)."""
+    the fit runs under DDP on that many launched processes; this one reports for rank 0
+    (stages/training/distributed.py)."""
     hp = suggest(trial, space, prefix=prefix)
 
     def report(epoch: int, metrics: dict[str, float]) -> None:

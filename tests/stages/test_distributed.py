@@ -63,3 +63,24 @@ def test_accumulated_half_batches_and_checkpointed_activations_train_as_the_full
         other = strategy.fit({**HP, **variant}, lambda epoch, metrics: None, seed=3).model.state_dict()
         for key in plain:
             np.testing.assert_allclose(other[key].numpy(), plain[key].numpy(), atol=1e-5, err_msg=f"{variant} {key}")
+
+
+def test_a_pruned_trial_stops_every_rank_and_a_failed_rank_fails_the_trial_in_one_line(tmp_path):
+    import optuna
+    import pytest
+
+    from stages.common import StageError
+
+    strategy = full_strategy(tiny_bert_without_dropout(tmp_path / "bert"))
+    reported = []
+
+    def prune(epoch, metrics):
+        reported.append(epoch)
+        raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    with pytest.raises(optuna.TrialPruned, match="pruned at epoch 0"):
+        fit_distributed(strategy, {**HP, "max_epochs": 3}, prune, seed=3, nproc=2)
+    assert reported == [0]  # rank 0 stopped at the verdict (else it would report epochs 1 and 2)
+    with pytest.raises(StageError) as failed:
+        fit_distributed(strategy, {**HP, "lr_schedule": "sawtooth"}, lambda epoch, metrics: None, seed=3, nproc=2)
+    assert len(str(failed.value).splitlines()) == 1 and "sawtooth" in str(failed.value), failed.value
