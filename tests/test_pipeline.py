@@ -204,19 +204,21 @@ def test_second_repro_is_a_no_op(built):
     assert "up to date" in again.stdout
 
 
-def test_train_param_change_reruns_only_train_and_what_follows(built):
+def test_a_task_train_override_reruns_only_that_tasks_train_and_what_follows(built):
+    """`tasks.spam.train` is merged over `train` for spam alone: DVC reruns spam's train onward, animals stays."""
     repo, _ = built
-    edit_params(repo, lambda p: p["train"].update(n_trials=4))
+    animals_before = (repo / "models" / "animals" / "registered.json").read_text()
+    edit_params(repo, lambda p: p["tasks"]["spam"].setdefault("train", {}).update(n_trials=4))
     rerun = dvc(["repro"], repo)
-    assert stages_run(rerun.stdout) == {f"{s}@{t}" for t in TASKS for s in ("train", "evaluate", "compress", "register")}
-    for task in TASKS:
-        registered = json.loads((repo / "models" / task / "registered.json").read_text())
-        assert registered["version"] == 3  # v2 is the first run's compressed variant
-        assert registered["compressed"]["version"] == 4
-        assert registered["compressed"]["alias"] == f"{registered['alias']}-compressed"
-        # the gate: champion moves only on a strict improvement of test macro-F1
-        assert registered["alias"] == ("champion" if "beats" in registered["reason"] else "challenger")
-        assert registered["previous_champion_version"] == 1
+    assert stages_run(rerun.stdout) == {f"{s}@spam" for s in ("train", "evaluate", "compress", "register")}
+    assert (repo / "models" / "animals" / "registered.json").read_text() == animals_before
+    registered = json.loads((repo / "models" / "spam" / "registered.json").read_text())
+    assert registered["version"] == 3  # v2 is the first run's compressed variant
+    assert registered["compressed"]["version"] == 4
+    assert registered["compressed"]["alias"] == f"{registered['alias']}-compressed"
+    # the gate: champion moves only on a strict improvement of test macro-F1
+    assert registered["alias"] == ("champion" if "beats" in registered["reason"] else "challenger")
+    assert registered["previous_champion_version"] == 1
 
 
 def test_run_is_tagged_with_data_md5_and_git_commit(built):
@@ -234,7 +236,7 @@ def test_run_is_tagged_with_data_md5_and_git_commit(built):
         assert len(run_.data.tags["git.commit"]) == 40
         children = mlflow.search_runs([run_.info.experiment_id],
                                       filter_string=f"tags.mlflow.parentRunId = '{run_.info.run_id}'")
-        assert len(children) == 4
+        assert len(children) == {"spam": 4, "animals": 3}[task]  # the tiny profile's 3, spam's own 4 above
         assert set(children["tags.optuna.state"]) <= {"COMPLETE", "PRUNED"}
 
 
