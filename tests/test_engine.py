@@ -1,16 +1,20 @@
 """`base.engine.kind: ray` builds the tiny profile with outputs identical to `local` (real DVC, local Ray, 2 CPUs).
 
 One Ray instance is started in this test process for the whole module; the stages `dvc repro` runs join it by
-its address (what a user does with an existing cluster), so no stage pays for starting Ray.
+its address (what a user does with an existing cluster), so no stage pays for starting Ray. The module builds the
+data stages the engine runs (clean, label, split, augment) once locally, then once more as a `dvc exp run` on
+Ray, and every test reads that one build.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import pandas as pd
 import pytest
+import yaml
 
 from stages.common import StageError
 from stages.engine import EngineParams, open_engine
@@ -20,13 +24,37 @@ from tests.pipeline_utils import copy_repo, dvc, edit_params, run, stages_run, t
 pytestmark = pytest.mark.slow
 
 TASKS = ("spam", "animals")
-# what clean writes: identical bytes whatever the engine
-OUTPUTS = [f"{kind}/{task}/{name}" for task in TASKS for kind, name in
-           [("data", "clean.parquet"), ("data", "clean.quarantine.parquet"), ("metrics", "clean.json")]]
+ENGINE_STAGES = ("clean", "label", "split", "augment")  # the stages that list base.engine in dvc.yaml
+
+
+def stage_outputs(repo) -> list[str]:
+    """Every file the engine's stages write for the tasks (outs and metrics, folders expanded), from dvc.yaml."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    paths = []
+    for stage in ENGINE_STAGES:
+        spec = stages[stage]["do"]
+        assert "base.engine" in spec["params"], f"{stage} does not list base.engine"
+        for entry in [*spec.get("outs", []), *spec.get("metrics", [])]:
+            path = entry if isinstance(entry, str) else next(iter(entry))
+            paths += [path.replace("${item}", task) for task in TASKS]
+    files = []
+    for path in paths:
+        target = repo / path
+        files += sorted(str(f.relative_to(repo)) for f in target.rglob("*") if f.is_file()) if target.is_dir() else [path]
+    return files
 
 
 @pytest.fixture(scope="module")
-def ray_engine():
+def one_thread():
+    """Torch on one thread in the stages and in the Ray workers: encoder features are bit-identical across the
+    engines at equal thread counts (with 2 threads in the driver they differ in the 6th digit: summation order)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def ray_engine(one_thread):
     with open_engine(EngineParams(kind="ray", address=None, num_cpus=2)) as engine:
         yield engine
 
@@ -53,18 +81,22 @@ def md5(path) -> str:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, ray_engine):
+    """The tiny profile through augment with `local`, then `dvc exp run -S base.engine.kind=ray` on the same targets:
+    (repo, md5 of every engine-stage output after the local build, the experiment's output)."""
     import ray
 
     repo = copy_repo(tmp_path_factory.mktemp("engine") / "repo")
     edit_params(repo, tiny_profile)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny profile"], repo)
-    targets = [f"clean@{task}" for task in TASKS]
+    targets = [f"augment@{task}" for task in TASKS]  # with their upstream: acquire, clean, label, split
     dvc(["repro", *targets], repo)
-    local = {name: md5(repo / name) for name in OUTPUTS}
+    local = {name: md5(repo / name) for name in stage_outputs(repo)}
 
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline: local engine"], repo)
+    # label would read every row's features from the store the local run filled; without it the encoder runs on Ray
+    shutil.rmtree(repo / ".cache" / "features")
     # the switch as a DVC experiment: `dvc exp run -S` on the same targets
     address = ray.get_runtime_context().gcs_address
     second = dvc(["exp", "run", "-n", "on-ray", "-S", "base.engine.kind=ray", "-S", f"base.engine.address={address}",
@@ -72,12 +104,18 @@ def built(tmp_path_factory, ray_engine):
     return repo, local, second
 
 
-def test_ray_engine_reruns_clean_with_identical_outputs(built):
+def test_ray_engine_reruns_the_data_stages_with_identical_outputs(built):
+    """Every file clean, label, split and augment write (data, quarantine, review queue, reports, metrics) is
+    byte-identical under ray; acquire, which has no engine, is not rerun."""
     repo, local, second = built
-    assert stages_run(second.stdout) == {f"clean@{task}" for task in TASKS}
-    assert {name: md5(repo / name) for name in OUTPUTS} == local
+    assert stages_run(second.stdout) == {f"{stage}@{task}" for stage in ENGINE_STAGES for task in TASKS}
+    assert "augment animals" in second.stdout and "copies made in this process" not in second.stdout
+    assert len(local) >= 2 * 14, sorted(local)
+    assert {name: md5(repo / name) for name in stage_outputs(repo)} == local
     clean = json.loads((repo / "metrics/spam/clean.json").read_text())
     assert clean["rows_kept"] > 0 and clean["rows_in"] == clean["rows_kept"] + clean["rows_quarantined"]
+    augmented = json.loads((repo / "metrics/animals/augment.json").read_text())
+    assert augmented["rows_augmented"] == augmented["rows_per_split"]["train"] // 2 > 0
 
 
 def test_dvc_exp_show_lists_the_experiment_with_its_metrics(built):
@@ -88,7 +126,12 @@ def test_dvc_exp_show_lists_the_experiment_with_its_metrics(built):
     assert experiments, shown
     data = experiments[0]["revs"][0]["data"]
     assert data["params"]["params.yaml"]["data"]["base"]["engine"]["kind"] == "ray"
-    assert data["metrics"]["metrics/spam/clean.json"]["data"] == json.loads((repo / "metrics/spam/clean.json").read_text())
+    for stage in ENGINE_STAGES:
+        path = f"metrics/spam/{stage}.json"
+        written = json.loads((repo / path).read_text())
+        # exp show leaves out nulls and empty sections; every number and string is there
+        scalars = {key: value for key, value in written.items() if isinstance(value, (int, float, str))}
+        assert scalars and scalars.items() <= data["metrics"][path]["data"].items(), path
 
 
 @pytest.mark.parametrize("task,modality", [("spam", "text"), ("animals", "image")])
