@@ -109,8 +109,12 @@ def built(tmp_path_factory, one_thread, request):
     targets = [f"augment@{task}" for task in TASKS]  # with their upstream: acquire, clean, label, split
     repro = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", *targets], cwd=repo, env=env(),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    request.getfixturevalue("ray_engine")  # Ray starts while the local build runs
-    output, _ = repro.communicate(timeout=1200)
+    try:
+        request.getfixturevalue("ray_engine")  # Ray starts while the local build runs
+        output, _ = repro.communicate(timeout=1200)
+    finally:
+        if repro.poll() is None:
+            repro.kill()
     assert repro.returncode == 0, output[-4000:]
     local = {name: md5(repo / name) for name in stage_outputs(repo)}
     features = feature_store(repo)
