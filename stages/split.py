@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -279,7 +280,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                f"split (with tasks.{args.task}.split)" if task.get("split") else "split")
     labels = task.get("labels")
     frame = read_parquet(args.inp)
-    with open_engine(engine_params(params)) as engine:
+    engine_spec = engine_params(params)
+    # only hash mode maps over the engine; stratified and time work on the collected columns: no Ray to join
+    with open_engine(engine_spec) if sp.mode == "hash" else nullcontext(LOCAL) as engine:
         result = split(frame, sp, seed=params["base"]["seed"], engine=engine)
     contracts.check(result.kept, "split", where=args.out, labels=labels)
     write_parquet(args.quarantine, result.quarantine)

@@ -4,7 +4,7 @@
 engine once (`open_engine`) and hands it to its pure core, which calls three primitives whatever the kind:
 
 - `map_values(fn, values)`: `fn` on every value, results in input order (clean's per-row normalisation and
-  content hash, split's hash assignment);
+  content hash, split's hash assignment, augment's transforms with the draws made beforehand);
 - `group_positions(keys)`: positions sharing a non-null key, groups of two or more (clean's exact duplicates);
 - `near_duplicate_pairs(modality, params, payloads)`: the verified near-duplicate pairs that
   `modality.near_duplicate_pairs` returns, as the same sorted array;

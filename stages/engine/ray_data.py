@@ -134,7 +134,7 @@ class RayEngine:
         out: list[list[Any]] = [[None] * len(chunk) for chunk in chunks]
         for batch in mapped.iter_batches(batch_format="numpy", batch_size=None):
             for chunk, item, result in zip(batch["chunk"], batch["item"], batch["out"]):
-                out[int(chunk)][int(item)] = result
+                out[int(chunk)][int(item)] = result.value
         return out
 
     def group_positions(self, keys: Sequence[str | None]) -> list[list[int]]:
@@ -185,11 +185,21 @@ def _objects(items: list[Any]) -> np.ndarray:
     return out
 
 
+class _Boxed:
+    """One result, boxed: Ray Data turns an object column of tuples into arrays (a `(bytes, str)` came back as
+    a numpy bytes array), while an object it does not know travels pickled, exactly as the function returned it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 def _apply(batch: dict[str, np.ndarray], *, fn: Callable[[Any], Any], refs: list[Any]) -> dict[str, np.ndarray]:
     import ray
 
     (chunk,) = batch["chunk"]
-    results = [fn(value) for value in ray.get(refs[chunk])]
+    results = [_Boxed(fn(value)) for value in ray.get(refs[chunk])]
     return {"chunk": np.full(len(results), chunk), "item": np.arange(len(results)), "out": _objects(results)}
 
 

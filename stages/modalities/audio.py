@@ -453,6 +453,8 @@ class AudioModality(Modality):
     def augment_params(self, values: dict[str, Any]) -> AudioAugmentParams:
         return build(AudioAugmentParams, values, "augment.by_modality.audio")
 
+    # No `augment_draws`: audiomentations draws while it applies (AddGaussianSNR's noise has one draw per sample of
+    # the clip as time stretch left it), so drawing is transforming; the copies are made in one process.
     def augment(self, payloads: Sequence[bytes], params: AudioAugmentParams, *, seed: int,
                 protected: frozenset[str] = frozenset()) -> list[bytes]:
         """Pitch shift, speed change, gain, background noise and time shift (audiomentations), each with its

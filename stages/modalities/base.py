@@ -104,6 +104,17 @@ class Modality:
         """
         raise NotImplementedError
 
+    def augment_draws(self, payloads: Sequence[Any], params: Any, *, seed: int,
+                      protected: frozenset[str] = frozenset()) -> list[Any] | None:
+        """The random draws `augment` makes, one per payload in its order, for `augment_one` to apply anywhere
+        (an engine's workers) with the same result as `augment`; None where drawing cannot be separated from
+        transforming (the draws depend on what the transforms did), so `augment` runs in one process."""
+        return None
+
+    def augment_one(self, payload: Any, draw: Any, params: Any) -> Any:
+        """`payload` augmented with its draw from `augment_draws` (no randomness of its own: it may run anywhere)."""
+        raise NotImplementedError
+
     # ---- model
     def backbone_names(self) -> list[str]:
         raise NotImplementedError

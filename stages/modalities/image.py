@@ -53,6 +53,15 @@ def encode_png(image: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _augment_transforms(params: ImageAugmentParams) -> tuple[Any, Any]:
+    """The augmentation's two torchvision v2 transforms, in the order they draw and apply."""
+    from torchvision.transforms import v2
+
+    affine = v2.RandomAffine(degrees=params.degrees, translate=(params.translate, params.translate),
+                             scale=(params.scale_min, params.scale_max))
+    return affine, v2.RandomHorizontalFlip(p=params.hflip_prob)
+
+
 def decode_image(payload: bytes, *, max_pixels: int, formats: Sequence[str] | None = None) -> tuple[Any, str | None]:
     """Decode and fully load an image; return `(image, None)` or `(None, reason)`.
 
@@ -160,29 +169,40 @@ class ImageModality(Modality):
 
     def augment(self, payloads: Sequence[bytes], params: ImageAugmentParams, *, seed: int,
                 protected: frozenset[str] = frozenset()) -> list[bytes]:
+        """`RandomAffine` then `RandomHorizontalFlip` (torchvision v2), drawn from `torch.manual_seed(seed)`."""
+        draws = self.augment_draws(payloads, params, seed=seed, protected=protected)
+        return [self.augment_one(payload, draw, params) for payload, draw in zip(payloads, draws)]
+
+    def augment_draws(self, payloads: Sequence[bytes], params: ImageAugmentParams, *, seed: int,
+                      protected: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+        """Per image, in order, what `v2.Compose([affine, flip])(image)` draws from torch's RNG: the affine's
+        `make_params` (angle, translation, scale, shear), then the flip's coin. The draws depend on the image's
+        size only (read from the header), never on its pixels, so they can be made apart from the transforms."""
         import torch
         from PIL import Image
-        from torchvision.transforms import v2
 
-        transform = v2.Compose(
-            [
-                v2.RandomAffine(
-                    degrees=params.degrees,
-                    translate=(params.translate, params.translate),
-                    scale=(params.scale_min, params.scale_max),
-                ),
-                v2.RandomHorizontalFlip(p=params.hflip_prob),
-            ]
-        )
-        out = []
+        affine, flip = _augment_transforms(params)
+        draws = []
         # v2 transforms draw from torch's global RNG; fork it so the seed stays local to this call
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for payload in payloads:
                 with Image.open(io.BytesIO(payload)) as image:
-                    image.load()
-                    out.append(encode_png(transform(image)))
-        return out
+                    affine_params = affine.make_params([image])
+                # _RandomApplyTransform.forward: `if torch.rand(1) >= p: return inputs`
+                draws.append({"affine": affine_params, "hflip": not bool(torch.rand(1) >= flip.p)})
+        return draws
+
+    def augment_one(self, payload: bytes, draw: dict[str, Any], params: ImageAugmentParams) -> bytes:
+        from PIL import Image
+
+        affine, flip = _augment_transforms(params)
+        with Image.open(io.BytesIO(payload)) as image:
+            image.load()
+            out = affine.transform(image, draw["affine"])
+        if draw["hflip"]:
+            out = flip.transform(out, {})
+        return encode_png(out)
 
     # ---- model
     def backbone_names(self) -> list[str]:

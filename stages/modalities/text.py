@@ -179,6 +179,8 @@ class Text(Modality):
         check(params, "augment.by_modality.text")
         return params
 
+    # No `augment_draws`: how many numbers a text draws (per word, per swap, per synonym) depends on its words and
+    # on what the augmenters before did to it, so drawing is transforming; the copies are made in one process.
     def augment(self, payloads: Sequence[str], params: TextAugmentParams, *, seed: int,
                 protected: frozenset[str] = frozenset()) -> list[str]:
         rng = random.Random(seed)

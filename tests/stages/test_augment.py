@@ -6,6 +6,7 @@ import io
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from stages.augment import augment, copies_for
 from stages.common import StageError, content_id
@@ -140,8 +141,6 @@ def test_no_train_rows_means_no_copies():
 
 
 def test_image_augment_keeps_held_out_bytes_and_is_seeded(make_png):
-    from PIL import Image
-
     frame = image_frame(make_png)
     out = augment(frame, IMAGE, IMAGE_PARAMS, copies=2, seed=4)
     kept = originals(out, frame)
@@ -158,6 +157,38 @@ def test_image_augment_keeps_held_out_bytes_and_is_seeded(make_png):
     assert list(again["image"]) == list(out["image"])
     other = augment(frame, IMAGE, IMAGE_PARAMS, copies=2, seed=5)
     assert list(other["image"]) != list(out["image"])
+
+
+def test_image_draws_applied_one_by_one_equal_the_composed_transform(make_png):
+    """augment_draws + augment_one (what the ray engine maps) give the bytes torchvision's Compose gives when it
+    draws and transforms image by image from one seeded stream (augment before the engine split it), sizes mixed."""
+    import torch
+    from torchvision.transforms import v2
+
+    from stages.modalities.image import encode_png
+
+    payloads = [make_png(size, mode=mode, value=17 * i % 256)
+                for i, (size, mode) in enumerate([((16, 16), "L"), ((40, 24), "RGB"), ((24, 40), "L")] * 4)]
+    compose = v2.Compose([v2.RandomAffine(degrees=IMAGE_PARAMS.degrees,
+                                          translate=(IMAGE_PARAMS.translate, IMAGE_PARAMS.translate),
+                                          scale=(IMAGE_PARAMS.scale_min, IMAGE_PARAMS.scale_max)),
+                          v2.RandomHorizontalFlip(p=IMAGE_PARAMS.hflip_prob)])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        expected = []
+        for payload in payloads:
+            with Image.open(io.BytesIO(payload)) as image:
+                image.load()
+                expected.append(encode_png(compose(image)))
+    draws = IMAGE.augment_draws(payloads, IMAGE_PARAMS, seed=7)
+    assert {d["hflip"] for d in draws} == {True, False}
+    # row by row in reverse order: each copy depends on its own draw only
+    reversed_rows = [IMAGE.augment_one(p, d, IMAGE_PARAMS) for p, d in zip(payloads[::-1], draws[::-1])]
+    assert reversed_rows[::-1] == expected == IMAGE.augment(payloads, IMAGE_PARAMS, seed=7)
+
+
+def test_a_modality_that_draws_as_it_transforms_has_no_draws():
+    assert TEXT.augment_draws(["a b c"], TEXT_PARAMS, seed=1) is None
 
 
 def test_copies_per_modality_and_bad_values_name_their_key():
