@@ -130,14 +130,14 @@ def _rank(strategy: Any, hp: dict[str, Any], seed: int, threads: int, epochs: An
 
 
 class _Without(logging.Filter):
-    """Drops log records whose message starts with `prefix`."""
+    """Drops log records whose message starts with one of `prefixes`."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, *prefixes: str) -> None:
         super().__init__()
-        self.prefix = prefix
+        self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
+        return not record.getMessage().startswith(self.prefixes)
 
 
 def _launch_failure(exc: BaseException) -> StageError:
@@ -184,7 +184,8 @@ def fit_distributed(strategy: Any, hp: dict[str, Any], on_epoch: Callable[[int, 
             # stands (and on_epoch, Optuna's and MLflow's calls, stays on the main thread). It warns about orphans
             # then: rank 0 exits when this process is gone (_relay) and the followers' collectives fail with it
             api_log = logging.getLogger("torch.distributed.elastic.multiprocessing.api")
-            quiet = _Without("Failed to register signal handlers")
+            # and a failed rank's traceback, logged by the launcher: _launch_failure says it in one line
+            quiet = _Without("Failed to register signal handlers", "failed (exitcode")
             api_log.addFilter(quiet)
             try:
                 launched["ranks"] = elastic_launch(config, _rank)(strategy, hp, seed, threads, epochs, verdicts)

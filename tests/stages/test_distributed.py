@@ -65,7 +65,7 @@ def test_accumulated_half_batches_and_checkpointed_activations_train_as_the_full
             np.testing.assert_allclose(other[key].numpy(), plain[key].numpy(), atol=1e-5, err_msg=f"{variant} {key}")
 
 
-def test_a_pruned_trial_stops_every_rank_and_a_failed_rank_fails_the_trial_in_one_line(tmp_path):
+def test_a_pruned_trial_stops_every_rank_and_a_failed_rank_fails_the_trial_in_one_line(tmp_path, capfd):
     import optuna
     import pytest
 
@@ -81,6 +81,9 @@ def test_a_pruned_trial_stops_every_rank_and_a_failed_rank_fails_the_trial_in_on
     with pytest.raises(optuna.TrialPruned, match="pruned at epoch 0"):
         fit_distributed(strategy, {**HP, "max_epochs": 3}, prune, seed=3, nproc=2)
     assert reported == [0]  # rank 0 stopped at the verdict (else it would report epochs 1 and 2)
+    capfd.readouterr()
     with pytest.raises(StageError) as failed:
         fit_distributed(strategy, {**HP, "lr_schedule": "sawtooth"}, lambda epoch, metrics: None, seed=3, nproc=2)
     assert len(str(failed.value).splitlines()) == 1 and "sawtooth" in str(failed.value), failed.value
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.err + printed.out, printed.err[-2000:]  # the one line is all the user sees
