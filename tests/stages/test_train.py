@@ -61,34 +61,12 @@ def test_score(metric, expected):
     assert score(metric, np.array([0, 0, 1, 1]), np.array([0, 0, 1, 0])) == expected
 
 
-def test_fit_epochs_restores_best_epoch_and_stops_early():
+def scripted_fit(values: list, *, max_epochs: int, patience: int):
+    """`fit_epochs` on a tiny module whose `evaluate` returns `values` in turn: its result, the module, the weights
+    at each evaluation (by the value returned) and what each epoch logged."""
     torch.manual_seed(0)
     module = torch.nn.Linear(2, 2)
-    scripted = iter([0.2, 0.9, 0.5, 0.4, 0.3, 0.1])  # best at epoch 1, then 3 worse epochs
-    snapshots, seen = {}, []
-
-    def evaluate():
-        value = next(scripted)
-        snapshots[value] = module.weight.detach().clone()
-        return value
-
-    def batches(epoch):
-        yield torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
-
-    best, best_epoch, epochs = fit_epochs(module, batches=batches, evaluate=evaluate, lr=0.5, weight_decay=0.0,
-                                          max_epochs=6, patience=3, device=torch.device("cpu"),
-                                          on_epoch=lambda e, m: seen.append(e))
-    assert (best, best_epoch, epochs) == (0.9, 1, 5)
-    assert seen == [0, 1, 2, 3, 4]
-    assert torch.equal(module.weight.detach(), snapshots[0.9])
-
-
-def test_a_tied_metric_goes_to_the_lower_val_loss_and_keeps_training():
-    """A saturated val metric (1.0 from epoch 1 on) with a falling val loss: each tie with a lower loss is the new
-    best and resets patience; the first tie with a higher loss is not."""
-    torch.manual_seed(0)
-    module = torch.nn.Linear(2, 2)
-    scripted = iter([(0.8, 0.9), (1.0, 0.5), (1.0, 0.4), (1.0, 0.3), (1.0, 0.35), (1.0, 0.36), (1.0, 0.2)])
+    scripted = iter(values)
     snapshots, logged = {}, []
 
     def evaluate():
@@ -99,12 +77,27 @@ def test_a_tied_metric_goes_to_the_lower_val_loss_and_keeps_training():
     def batches(epoch):
         yield torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
 
-    best, best_epoch, epochs = fit_epochs(module, batches=batches, evaluate=evaluate, lr=0.5, weight_decay=0.0,
-                                          max_epochs=7, patience=2, device=torch.device("cpu"),
-                                          on_epoch=lambda e, m: logged.append(m))
-    assert (best, best_epoch, epochs) == (1.0, 3, 6)  # epochs 4 and 5 tie with higher losses: patience runs out
+    result = fit_epochs(module, batches=batches, evaluate=evaluate, lr=0.5, weight_decay=0.0, max_epochs=max_epochs,
+                        patience=patience, device=torch.device("cpu"), on_epoch=lambda e, m: logged.append((e, m)))
+    return result, module, snapshots, logged
+
+
+def test_fit_epochs_restores_best_epoch_and_stops_early():
+    # best at epoch 1, then 3 worse epochs
+    result, module, snapshots, logged = scripted_fit([0.2, 0.9, 0.5, 0.4, 0.3, 0.1], max_epochs=6, patience=3)
+    assert result == (0.9, 1, 5)
+    assert [epoch for epoch, _ in logged] == [0, 1, 2, 3, 4]
+    assert torch.equal(module.weight.detach(), snapshots[0.9])
+
+
+def test_a_tied_metric_goes_to_the_lower_val_loss_and_keeps_training():
+    """A saturated val metric (1.0 from epoch 1 on) with a falling val loss: each tie with a lower loss is the new
+    best and resets patience; the first tie with a higher loss is not."""
+    values = [(0.8, 0.9), (1.0, 0.5), (1.0, 0.4), (1.0, 0.3), (1.0, 0.35), (1.0, 0.36), (1.0, 0.2)]
+    result, module, snapshots, logged = scripted_fit(values, max_epochs=7, patience=2)
+    assert result == (1.0, 3, 6)  # epochs 4 and 5 tie with higher losses: patience runs out
     assert torch.equal(module.weight.detach(), snapshots[(1.0, 0.3)])
-    assert [m["val_loss"] for m in logged] == [0.9, 0.5, 0.4, 0.3, 0.35, 0.36]
+    assert [m["val_loss"] for _, m in logged] == [0.9, 0.5, 0.4, 0.3, 0.35, 0.36]
 
 
 @pytest.fixture
