@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-_SKIP = {".git", ".venv", "data", "models", "metrics", "plots", "mlartifacts", "mlruns", ".pytest_cache",
+_SKIP = {".git", ".venv", ".cache", "data", "models", "metrics", "plots", "mlartifacts", "mlruns", ".pytest_cache",
          "__pycache__", "benchmarks", "tests"}
 
 

@@ -205,12 +205,14 @@ def test_second_repro_is_a_no_op(built):
 
 
 def test_a_task_train_override_reruns_only_that_tasks_train_and_what_follows(built):
-    """`tasks.spam.train` is merged over `train` for spam alone: DVC reruns spam's train onward, animals stays."""
+    """`tasks.spam.train` is merged over `train` for spam alone: DVC reruns spam's train onward, animals stays.
+    Label lists only the task keys it reads, so the encoder does not run again; split depends on the whole task
+    (its optional `split` keys), reruns in a second and writes the same table, so augment is skipped."""
     repo, _ = built
     animals_before = (repo / "models" / "animals" / "registered.json").read_text()
     edit_params(repo, lambda p: p["tasks"]["spam"].setdefault("train", {}).update(n_trials=4))
     rerun = dvc(["repro"], repo)
-    assert stages_run(rerun.stdout) == {f"{s}@spam" for s in ("train", "evaluate", "compress", "register")}
+    assert stages_run(rerun.stdout) == {f"{s}@spam" for s in ("split", "train", "evaluate", "compress", "register")}
     assert (repo / "models" / "animals" / "registered.json").read_text() == animals_before
     registered = json.loads((repo / "models" / "spam" / "registered.json").read_text())
     assert registered["version"] == 3  # v2 is the first run's compressed variant
