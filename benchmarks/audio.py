@@ -62,7 +62,9 @@ def fit_and_score(audio: Any, params: dict[str, Any], train: list, val: list, te
 
     from stages.baselines import run_baseline
     from stages.model import choose_device, predict_logits
-    from stages.train import ScratchStrategy, SplitData, score
+    from stages.training.finetune import ScratchStrategy
+    from stages.training.loop import score
+    from stages.training.strategy import SplitData
 
     if copies:
         augment_params = audio.augment_params(params["augment"]["by_modality"]["audio"])

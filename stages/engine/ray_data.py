@@ -162,6 +162,7 @@ class RayEngine:
     def map_chunks(self, setup: Callable[[], Callable[[list[Any]], Any]], values: Sequence[Any], *,
                    chunk_size: int) -> list[Any]:
         import ray
+        import ray.data
 
         if not len(values):
             return []
@@ -169,7 +170,8 @@ class RayEngine:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         actors = max(1, min(len(chunks), gpus or self.cpus))
         # the actors hold every CPU (or GPU) while they live: nothing else may sit in this pipeline, or it waits
-        per_chunk = self.chunked(_ChunkActor, chunks, fn_constructor_kwargs={"setup": setup}, concurrency=actors,
+        per_chunk = self.chunked(_ChunkActor, chunks, fn_constructor_kwargs={"setup": setup},
+                                 compute=ray.data.ActorPoolStrategy(size=actors),
                                  **({"num_gpus": 1} if gpus else {"num_cpus": 1}))
         return [results[0] for results in per_chunk]
 
